@@ -1,0 +1,272 @@
+"""Configuration: one pydantic schema, validated once at load.
+
+Everything a run needs lives in one YAML file (see ``config/default.yaml``). Unknown keys,
+wrong types and out-of-range values raise :class:`~fluidserve.errors.InputError` naming the
+file and the dotted field path. Code downstream trusts a loaded :class:`Config`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fluidserve.batch_time import BatchTimeModel
+from fluidserve.errors import InputError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SystemConfig(_Strict):
+    """One serving replica (one engine instance)."""
+
+    mode: Literal["swapping", "recompute"] = "swapping"
+    M_total: int | None = Field(None, gt=0, description="KV-cache capacity in tokens")
+    gpu: str | None = Field(None, description="GPU preset name, used to derive M_total when it is not given")
+    model: str | None = Field(None, description="model preset name, used to derive M_total and KV bytes")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel: int = Field(1, ge=1)
+    block_size: int = Field(16, ge=1, le=1024, description="KV block size in tokens")
+    B: int = Field(2048, ge=1, description="max batched tokens per step (prefill + decode)")
+    max_num_seqs: int = Field(256, ge=1, description="max sequences in the running batch")
+    chunked_prefill: bool = False
+    swap_bandwidth_GBps: float = Field(25.0, gt=0, description="GPU<->CPU swap bandwidth, GB/s")
+    kv_bytes_per_token: int | None = Field(
+        None, gt=0, description="KV bytes per token (all layers); from the model preset if omitted, else 131072"
+    )
+
+    @model_validator(mode="after")
+    def _resolve_memory(self) -> "SystemConfig":
+        if self.M_total is None or self.kv_bytes_per_token is None:
+            if self.M_total is None and (self.gpu is None or self.model is None):
+                raise ValueError("give system.M_total (KV tokens), or both system.gpu and system.model to derive it")
+            if self.gpu is not None or self.model is not None:
+                from fluidserve import specs
+
+                if self.kv_bytes_per_token is None and self.model is not None:
+                    object.__setattr__(self, "kv_bytes_per_token", specs.kv_bytes_per_token(self.model))
+                if self.M_total is None:
+                    object.__setattr__(
+                        self,
+                        "M_total",
+                        specs.derive_m_total(
+                            self.gpu, self.model, self.gpu_memory_utilization, self.tensor_parallel
+                        ),
+                    )
+            if self.kv_bytes_per_token is None:
+                object.__setattr__(self, "kv_bytes_per_token", 131072)
+        return self
+
+    @property
+    def total_blocks(self) -> int:
+        return self.M_total // self.block_size
+
+
+class BatchTimeConfig(_Strict):
+    """Either a preset file from ``calibrate fit`` or the coefficients (seconds)."""
+
+    preset: str | None = Field(None, description="YAML file written by 'fluidserve calibrate fit --out'")
+    d0_s: float | None = Field(None, gt=0)
+    d1_prefill_s: float | None = Field(None, ge=0)
+    d1_decode_s: float | None = Field(None, ge=0)
+    d1_s: float | None = Field(None, ge=0, description="two-parameter shortcut: d1_prefill = d1_decode = d1")
+    d2_kv_s: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "BatchTimeConfig":
+        if self.preset is None:
+            if self.d0_s is None:
+                raise ValueError("give batch_time.preset or batch_time.d0_s")
+            if self.d1_s is None and (self.d1_prefill_s is None or self.d1_decode_s is None):
+                raise ValueError("give batch_time.d1_s, or both batch_time.d1_prefill_s and batch_time.d1_decode_s")
+        if self.d1_s is not None and (self.d1_prefill_s is not None or self.d1_decode_s is not None):
+            raise ValueError("batch_time.d1_s cannot be combined with d1_prefill_s / d1_decode_s")
+        return self
+
+    def model(self, base_dir: Path | None = None) -> BatchTimeModel:
+        """The :class:`BatchTimeModel`; explicit coefficients override the preset's."""
+        if self.preset is not None:
+            path = Path(self.preset)
+            if not path.is_absolute() and base_dir is not None and not path.exists():
+                path = base_dir / path
+            base = BatchTimeModel.from_yaml(path).to_dict()
+        else:
+            base = {"d2_kv_s": 0.0}
+        for key in ("d0_s", "d1_prefill_s", "d1_decode_s", "d2_kv_s"):
+            value = getattr(self, key)
+            if value is not None:
+                base[key] = value
+        if self.d1_s is not None:
+            base["d1_prefill_s"] = base["d1_decode_s"] = self.d1_s
+        return BatchTimeModel(**base)
+
+
+class PolicyConfig(_Strict):
+    queue_policy: Literal["FCFS", "priority"] = "FCFS"
+    victim_policy: Literal["LIFO", "FIFO", "random", "LRU"] = "LIFO"
+
+
+class MMPPConfig(_Strict):
+    """Two-state Markov-modulated Poisson process (rates in req/s, sojourns in s)."""
+
+    rate_low: float = Field(..., gt=0)
+    rate_high: float = Field(..., gt=0)
+    mean_low_s: float = Field(..., gt=0)
+    mean_high_s: float = Field(..., gt=0)
+
+
+class TraceConfig(_Strict):
+    path: str
+    format: Literal["azure", "burstgpt", "generic"] = "generic"
+    start_s: float = Field(0.0, ge=0, description="window start, seconds after the first arrival")
+    end_s: float | None = Field(None, gt=0, description="window end, seconds after the first arrival")
+    rate_scale: float = Field(1.0, gt=0, description="multiply the arrival rate (divide inter-arrival times)")
+    L_filter: int | None = Field(None, gt=0, description="drop requests with prefill + decode > L_filter tokens")
+    max_requests: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _window(self) -> "TraceConfig":
+        if self.end_s is not None and self.end_s <= self.start_s:
+            raise ValueError(f"workload.trace.end_s ({self.end_s}) must be > start_s ({self.start_s})")
+        return self
+
+
+class WorkloadConfig(_Strict):
+    source: Literal["synthetic", "trace"] = "synthetic"
+    scenario: Literal["normal", "heavy", "bursty"] = "normal"
+    arrival_process: Literal["poisson", "gamma", "mmpp"] = "poisson"
+    arrival_rate: float | None = Field(None, gt=0, description="req/s; the scenario's default if omitted")
+    num_requests: int = Field(1000, gt=0)
+    gamma_cv: float = Field(2.0, gt=1, description="coefficient of variation of Gamma inter-arrivals (> 1)")
+    mmpp: MMPPConfig | None = None
+    trace: TraceConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "WorkloadConfig":
+        if self.source == "trace" and self.trace is None:
+            raise ValueError("workload.source is 'trace' but workload.trace (path, format) is missing")
+        return self
+
+
+class ClusterConfig(_Strict):
+    replicas: int = Field(1, ge=1)
+    router: Literal["round_robin", "least_loaded", "weighted"] = "round_robin"
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClusterConfig":
+        if self.router == "weighted":
+            if self.weights is None:
+                raise ValueError("cluster.router 'weighted' needs cluster.weights (one per replica)")
+            if len(self.weights) != self.replicas:
+                raise ValueError(
+                    f"cluster.weights has {len(self.weights)} entries but cluster.replicas is {self.replicas}"
+                )
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("cluster.weights must be >= 0 with a positive sum")
+        return self
+
+
+class SimConfig(_Strict):
+    record_events: bool = Field(True, description="write events.csv and memory_events.csv")
+    snapshot_every: int = Field(1, ge=1, description="record one batch snapshot every N steps")
+    max_steps: int | None = Field(None, gt=0, description="safety cap on engine steps")
+
+
+class FluidConfig(_Strict):
+    enabled: bool = True
+    num_classes: int = Field(4, ge=1, le=64, description="request classes K (quantile bins of a trace)")
+    backend: Literal["scipy", "jax"] = "scipy"
+    method: str = "LSODA"
+    rtol: float = Field(1e-6, gt=0)
+    atol: float = Field(1e-8, gt=0)
+    bin_s: float = Field(10.0, gt=0, description="bin width for time-varying arrival rates, s")
+    horizon_s: float | None = Field(None, gt=0, description="solve horizon; default: last arrival + drain time")
+    stages: int | None = Field(None, ge=1, description="decode stages per class (None: exact, one per token)")
+
+
+class Config(_Strict):
+    name: str = "default"
+    seed: int = 0
+    output_dir: str = "results"
+    system: SystemConfig
+    batch_time: BatchTimeConfig
+    policy: PolicyConfig = PolicyConfig()
+    workload: WorkloadConfig = WorkloadConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    sim: SimConfig = SimConfig()
+    fluid: FluidConfig = FluidConfig()
+
+    # set by load_config: the directory of the YAML file (for relative paths)
+    base_dir: str | None = Field(None, exclude=True)
+
+    def batch_time_model(self) -> BatchTimeModel:
+        return self.batch_time.model(Path(self.base_dir) if self.base_dir else None)
+
+    def resolve_path(self, p: str) -> Path:
+        """A path from the config: absolute, relative to the CWD if it exists, else to the YAML file."""
+        path = Path(p)
+        if path.is_absolute() or path.exists() or self.base_dir is None:
+            return path
+        return Path(self.base_dir) / path
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"base_dir"})
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, each naming the dotted field path and the bad value."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        value = err.get("input")
+        shown = "" if err["type"] in ("missing",) or isinstance(value, dict) else f" (got {value!r})"
+        parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<config>", base_dir: str | None = None) -> Config:
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, source)) from None
+    except InputError as exc:  # raised from inside a validator (e.g. unknown GPU preset)
+        raise InputError(f"{source}: {exc}") from None
+    cfg.base_dir = base_dir
+    return cfg
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a YAML config. ``overrides`` maps dotted paths to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if data is None:
+        raise InputError(f"{path}: config file is empty")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    return config_from_dict(data, str(path), str(path.parent.resolve()))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``dotted='a.b'``, creating sections as needed."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node.get(key, {}), dict):
+            raise InputError(f"cannot set '{dotted}': '{key}' is not a section")
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value

@@ -1,0 +1,79 @@
+"""The workload type: a table of requests, sorted by arrival time.
+
+A request has an arrival time (s), a prompt of ``prefill_tokens`` and ``decode_tokens``
+decode iterations (output tokens). ``priority`` is used by ``queue_policy: priority``
+(lower value is served first; ties by arrival).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from fluidserve.errors import InputError
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Requests sorted by arrival. Arrays have equal length; ids are 0..n-1 in arrival order."""
+
+    arrival_time_s: np.ndarray
+    prefill_tokens: np.ndarray
+    decode_tokens: np.ndarray
+    priority: np.ndarray = field(default=None)  # type: ignore[assignment]
+    name: str = "workload"
+
+    def __post_init__(self) -> None:
+        a = np.asarray(self.arrival_time_s, dtype=np.float64)
+        p = np.asarray(self.prefill_tokens, dtype=np.int64)
+        d = np.asarray(self.decode_tokens, dtype=np.int64)
+        pr = np.zeros(len(a), dtype=np.int64) if self.priority is None else np.asarray(self.priority, dtype=np.int64)
+        if not (len(a) == len(p) == len(d) == len(pr)):
+            raise InputError(f"workload '{self.name}': column lengths differ ({len(a)}, {len(p)}, {len(d)}, {len(pr)})")
+        if len(a) == 0:
+            raise InputError(f"workload '{self.name}' has no requests")
+        if not np.all(np.isfinite(a)) or np.any(a < 0):
+            raise InputError(f"workload '{self.name}': arrival times must be finite and >= 0")
+        if np.any(p < 1) or np.any(d < 1):
+            raise InputError(f"workload '{self.name}': prefill and decode lengths must be >= 1 token")
+        if np.any(np.diff(a) < 0):
+            order = np.argsort(a, kind="stable")
+            a, p, d, pr = a[order], p[order], d[order], pr[order]
+        object.__setattr__(self, "arrival_time_s", a)
+        object.__setattr__(self, "prefill_tokens", p)
+        object.__setattr__(self, "decode_tokens", d)
+        object.__setattr__(self, "priority", pr)
+
+    def __len__(self) -> int:
+        return len(self.arrival_time_s)
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.arrival_time_s[-1] - self.arrival_time_s[0]) if len(self) > 1 else 0.0
+
+    @property
+    def mean_rate(self) -> float:
+        """Mean arrival rate in req/s over the arrival span."""
+        return (len(self) - 1) / self.duration_s if self.duration_s > 0 else float("inf")
+
+    def to_frame(self) -> pd.DataFrame:
+        """The generic CSV layout: arrival_time, prefill_length, decode_length, priority."""
+        return pd.DataFrame(
+            {
+                "arrival_time": self.arrival_time_s,
+                "prefill_length": self.prefill_tokens,
+                "decode_length": self.decode_tokens,
+                "priority": self.priority,
+            }
+        )
+
+    def subset(self, mask: np.ndarray, name: str | None = None) -> "Workload":
+        return Workload(
+            self.arrival_time_s[mask],
+            self.prefill_tokens[mask],
+            self.decode_tokens[mask],
+            self.priority[mask],
+            name or self.name,
+        )
