@@ -181,12 +181,13 @@ class FluidConfig(_Strict):
     enabled: bool = True
     num_classes: int = Field(4, ge=1, le=64, description="request classes K (quantile bins of a trace)")
     backend: Literal["scipy", "jax"] = "scipy"
-    method: str = "LSODA"
+    method: str = Field("RK45", description="solve_ivp method of the scipy backend (RK45 measured fastest; LSODA, BDF also work)")
     rtol: float = Field(1e-6, gt=0)
     atol: float = Field(1e-8, gt=0)
     bin_s: float = Field(10.0, gt=0, description="bin width for time-varying arrival rates, s")
     horizon_s: float | None = Field(None, gt=0, description="solve horizon; default: last arrival + drain time")
     stages: int | None = Field(None, ge=1, description="decode stages per class (None: exact, one per token)")
+    dt_out_s: float | None = Field(None, gt=0, description="fluid output spacing, s (None: window/2000 in [0.01, 1])")
 
 
 class Config(_Strict):

@@ -117,6 +117,7 @@ class ReplicaEngine:
         self.swaps: list[int] = []
         self.preempts: list[int] = []
         self.reject_reason: dict[int, str] = {}
+        self.prefilled: set[int] = set()  # waiting requests whose prompt KV is already present
 
         # queues
         self.pending: deque[int] = deque()  # submitted, not yet arrived (arrival > clock)
@@ -150,9 +151,20 @@ class ReplicaEngine:
         self.mem_events: list[tuple] = []
 
     # ------------------------------------------------------------------ input
-    def submit(self, gid: int, arrival_s: float, prefill_tokens: int, decode_tokens: int, priority: int = 0) -> None:
-        """Queue a request that arrives at ``arrival_s`` (requests must come in arrival order)."""
+    def submit(
+        self, gid: int, arrival_s: float, prefill_tokens: int, decode_tokens: int, priority: int = 0,
+        prefilled: bool = False,
+    ) -> None:
+        """Queue a request that arrives at ``arrival_s`` (requests must come in arrival order).
+
+        ``prefilled=True`` (disaggregated decode instances): the prompt's KV arrives with the
+        request, so on admission it takes ``ceil((P + 1) / block_size)`` blocks and one decode slot
+        of the token budget and decodes iteration 0 in that same step, with no prefill step. If it is
+        later preempted in recompute mode, it re-prefills locally like any other request.
+        """
         i = len(self.gid)
+        if prefilled:
+            self.prefilled.add(i)
         self.gid.append(gid)
         self.arr.append(float(arrival_s))
         self.P0.append(int(prefill_tokens))
@@ -304,6 +316,7 @@ class ReplicaEngine:
         arr, g0a, s0a, blocks = self.arr, self.g0, self.s0, self.blocks
         pending, calendar, cnt = self.pending, self.calendar, self.cnt
         prefilling = self.prefilling
+        prefilled = self.prefilled
         events, mem_events, snapshots, step_end = self.events, self.mem_events, self.snapshots, self.step_end
         enter_t, comp_t = self.enter_t, self.comp_t
         max_steps = self.max_steps
@@ -409,6 +422,25 @@ class ReplicaEngine:
                         v = self._wait_peek()
                         P = P0[v]
                         g = g0a[v]
+                        if prefilled and v in prefilled:
+                            # KV handed over by a prefill instance: decode iteration g in this step
+                            need = -(-(P + g + 1) // bs)
+                            if self.used + need > total_blocks:
+                                break
+                            self._wait_pop()
+                            prefilled.discard(v)
+                            before = self.used
+                            self.used += need
+                            blocks[v] = need
+                            if enter_t[v] != enter_t[v]:
+                                enter_t[v] = t
+                            if rec:
+                                events.append((t, "admit", gid[v], rep))
+                                mem_events.append((t, "allocate", gid[v], before * bs, self.used * bs, "admit_prefilled"))
+                            self._start_decoding(v, s, g)
+                            budget -= 1
+                            n_seqs += 1
+                            continue
                         ptoks = P + g  # recompute victims re-prefill their generated tokens
                         if not chunked and ptoks > budget:
                             # a recompute victim longer than B may run alone in an empty step

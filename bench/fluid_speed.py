@@ -1,0 +1,113 @@
+"""Fluid model speed, measured in one run (print only; no timed tests).
+
+1. Azure conv trace replay: fluid solve (SciPy and JAX backends) vs the discrete simulator on the
+   same window, at scale n = 1 and at a scaled system n (sim cost grows with n, the fluid's does
+   not). ``--window-s 3600`` is the full hour; the fluid uses ``--stages`` coarse decode stages.
+2. JAX ``vmap`` sweep over 10,000 parameter points (d0 x arrival-rate factor) of a small
+   two-class model solved to t = 2 s; compile time reported separately.
+
+    python bench/fluid_speed.py [--window-s 600] [--stages 40] [--scale 16] [--points 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def azure(window_s: float, stages: int, scale: int) -> None:
+    from fluidserve import fluid
+    from fluidserve.config import load_config
+    from fluidserve.fluid import compare, scaling
+    from fluidserve.sim import simulate
+    from fluidserve.workload import AZURE_CONV_SAMPLE, make_workload
+
+    cfg = load_config(ROOT / "config" / "default.yaml", {
+        "workload.source": "trace",
+        "workload.trace": {"path": str(AZURE_CONV_SAMPLE), "format": "azure", "end_s": window_s},
+        "fluid.bin_s": 10.0, "fluid.stages": stages, "fluid.dt_out_s": 1.0, "sim.record_events": False,
+    })
+    wl = make_workload(cfg)
+    t0 = time.perf_counter()
+    sim = simulate(cfg, wl)
+    sim_s = time.perf_counter() - t0
+    print(f"azure {window_s:.0f} s window: {len(wl)} requests, simulator n=1: {sim_s:.2f} s ({sim.num_steps} steps)")
+    ref = scaling.reference_workload(cfg, wl)
+    swl = scaling.scaled_workload(ref, scale, cfg.fluid.bin_s, cfg.seed)
+    t0 = time.perf_counter()
+    simulate(scaling.scaled_config(cfg, scale), swl, batch_time=cfg.batch_time_model().scaled(scale))
+    sim_n_s = time.perf_counter() - t0
+    print(f"  simulator n={scale}: {sim_n_s:.2f} s ({len(swl)} requests)")
+    for backend in ("scipy", "jax"):
+        t0 = time.perf_counter()
+        res = fluid.solve(cfg, wl, backend=backend)
+        fl_s = time.perf_counter() - t0
+        if backend == "jax":  # second solve: compiled
+            t0 = time.perf_counter()
+            res = fluid.solve(cfg, wl, backend=backend)
+            fl2 = time.perf_counter() - t0
+            print(f"  fluid jax: {fl_s:.2f} s first (with compile), {fl2:.2f} s compiled")
+            fl_s = fl2
+        else:
+            print(f"  fluid scipy: {fl_s:.2f} s (nfev {res.summary['nfev']})")
+        print(f"    speed-up vs simulator: n=1 {sim_s / fl_s:.2f}x, n={scale} {sim_n_s / fl_s:.2f}x "
+              f"(fluid {res.summary['num_stages']} stages x {res.summary['num_classes']} classes)")
+    d = compare.distance(res, sim, 1.0)
+    print("  n=1 distance: " + ", ".join(f"{k}={d[k]:.3f}" for k in d if k.startswith("sup_err")))
+
+
+def sweep(points: int) -> None:
+    from fluidserve.config import load_config
+    from fluidserve.fluid.jax_backend import _jax, solve_fixed, to_jax
+    from fluidserve.fluid.params import build_params
+    from fluidserve.fluid.vector_field import step_quantities
+    from fluidserve.workload.base import Workload
+
+    jax = _jax()
+    jnp = jax.numpy
+    cfg = load_config(ROOT / "config" / "default.yaml", {"fluid.num_classes": 2, "fluid.bin_s": 100.0})
+    rng = np.random.default_rng(3)
+    wl = Workload(np.sort(rng.random(2000)) * 99.0, rng.integers(20, 200, 2000), rng.integers(2, 13, 2000))
+    p, tables = build_params(cfg, wl)
+    base = to_jax(p._replace(lam=150.0 * tables.share[None, :]))
+    side = int(np.sqrt(points))
+    d0 = jnp.repeat(jnp.linspace(0.004, 0.010, side), side)
+    fac = jnp.tile(jnp.linspace(0.2, 1.5, side), side)
+
+    def tau_end(d0_s, f):
+        q = base._replace(d0_s=d0_s, lam=base.lam * f)
+        ys = solve_fixed(q, jnp.array([2.0]), rtol=1e-5, atol=1e-7, max_steps=4096)
+        return step_quantities(jnp.float64(2.0), ys[-1], q, jnp)["tau"]
+
+    fn = jax.jit(jax.vmap(tau_end))
+    t0 = time.perf_counter()
+    fn.lower(d0, fac).compile()
+    compile_s = time.perf_counter() - t0
+    compiled = fn.lower(d0, fac).compile()
+    t0 = time.perf_counter()
+    out = np.asarray(compiled(d0, fac))
+    run_s = time.perf_counter() - t0
+    print(f"jax vmap sweep: {side * side} points, compile {compile_s:.2f} s, run {run_s:.2f} s "
+          f"({run_s / (side * side) * 1e3:.3f} ms/point); tau range {out.min() * 1e3:.2f}-{out.max() * 1e3:.2f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--window-s", type=float, default=600.0)
+    ap.add_argument("--stages", type=int, default=40)
+    ap.add_argument("--scale", type=int, default=16)
+    ap.add_argument("--points", type=int, default=10000)
+    ap.add_argument("--skip-azure", action="store_true")
+    args = ap.parse_args()
+    sweep(args.points)
+    if not args.skip_azure:
+        azure(args.window_s, args.stages, args.scale)
+
+
+if __name__ == "__main__":
+    main()

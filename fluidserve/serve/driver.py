@@ -1,0 +1,232 @@
+"""The clock and the task that advance the simulator in (scaled) wall-clock time.
+
+Simulated time runs ``time_scale`` times as fast as the wall clock (``time_scale = 0.5``: one
+simulated second lasts two wall seconds), starting at 0 when the server starts.
+
+A request enters the engine when the endpoint receives it, with the current simulated time as
+its arrival time. The driver executes one engine step at a time: a step that starts at
+simulated time ``t`` is executed as soon as the clock has reached ``t`` (every request that
+arrived by ``t`` has then been submitted, so the step sees exactly the arrivals it would see
+offline), and the tokens it emits are released when the clock reaches the step's end. Token
+release times are absolute simulated times, so a late wake-up delays delivery but never
+shifts the simulated timeline, and the engine's own records stay exact.
+
+Token accounting follows the engine (fluidserve/sim/engine.py): a request decoding since step
+``s0`` with ``g0`` iterations done emits token ``g0 + (s - s0) + 1`` at the end of step ``s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from fluidserve.errors import InputError
+from fluidserve.sim.engine import DECODING, DONE, ReplicaEngine
+
+log = logging.getLogger(__name__)
+
+
+class SimClock:
+    """Simulated seconds since ``start()``: wall seconds (``time.monotonic``) times ``time_scale``."""
+
+    def __init__(self, time_scale: float = 1.0) -> None:
+        if not (math.isfinite(time_scale) and time_scale > 0):
+            raise InputError(f"--time-scale must be a finite number > 0, got {time_scale!r}")
+        self.time_scale = float(time_scale)
+        self.t0_wall = time.monotonic()
+
+    def start(self) -> None:
+        self.t0_wall = time.monotonic()
+
+    def now_s(self) -> float:
+        """Current simulated time [s]."""
+        return (time.monotonic() - self.t0_wall) * self.time_scale
+
+    def wall_of(self, sim_s: float) -> float:
+        """The ``time.monotonic()`` instant at which the simulated clock reads ``sim_s``."""
+        return self.t0_wall + sim_s / self.time_scale
+
+
+def emitted_tokens(engine: ReplicaEngine, i: int, step: int) -> int:
+    """Output tokens request ``i`` (engine-local id) has emitted by the end of ``step``.
+
+    ``step`` must be the engine's last executed step (``engine.step - 1``): the per-request
+    state describes the present, not the past.
+    """
+    st = engine.state[i]
+    if st == DONE:
+        return engine.D0[i]
+    g0 = engine.g0[i]
+    if st == DECODING and engine.s0[i] <= step:
+        return g0 + step - engine.s0[i] + 1
+    return g0  # waiting, prefilling, swapped, or decoding from the next step on
+
+
+def token_times_offline(engine: ReplicaEngine) -> dict[int, list[float]]:
+    """Run a loaded engine to the end one step at a time, as the driver does, without a clock.
+
+    Returns ``{gid: [time of token 1, token 2, ...]}`` in simulated seconds: what a client
+    would see from the endpoint with zero network delay. (Used by tests and the e2e loop.)
+    """
+    times: dict[int, list[float]] = {}
+    open_ = {i: 0 for i in range(len(engine.gid))}
+    while True:
+        start = None
+        if engine.n_dec or engine.prefilling or engine.n_wait or engine.n_swapped:
+            start = engine.t
+        elif engine.pending:
+            start = max(engine.t, engine.arr[engine.pending[0]])
+        if start is None:
+            break
+        engine.run(until=math.nextafter(start, math.inf))
+        step = engine.step - 1
+        for i in list(open_):
+            n = emitted_tokens(engine, i, step)
+            if n > open_[i]:
+                times.setdefault(engine.gid[i], []).extend([engine.t] * (n - open_[i]))
+                open_[i] = n
+                if n >= engine.D0[i]:
+                    del open_[i]
+    return times
+
+
+@dataclass(eq=False)
+class TokenStream:
+    """One request's output as the driver releases it (times in simulated seconds)."""
+
+    gid: int
+    local: int
+    prefill_tokens: int
+    decode_tokens: int
+    arrival_s: float
+    released: int = 0
+    scheduled: int = 0
+    reported: int = 0  # tokens already counted by the metrics
+    finish_reason: str = "length"
+    first_token_s: float = math.nan
+    completion_s: float = math.nan
+    cancelled: str | None = None  # reason, when the server ends the stream early
+    _event: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.released >= self.decode_tokens
+
+    def _release(self, n: int, t_s: float) -> None:
+        if self.released == 0:
+            self.first_token_s = t_s
+        self.released = n
+        if n >= self.decode_tokens:
+            self.completion_s = t_s
+        self._event.set()
+
+    def cancel(self, reason: str) -> None:
+        self.cancelled = reason
+        self._event.set()
+
+    async def wait_beyond(self, seen: int) -> int:
+        """Wait until more than ``seen`` tokens are released (or the stream is cancelled)."""
+        while self.released <= seen and self.cancelled is None:
+            self._event.clear()
+            await self._event.wait()
+        return self.released
+
+
+StepObserver = Callable[[tuple | None, list[TokenStream], float], None]
+
+
+class SimDriver:
+    """Steps ``engine`` in simulated time and releases tokens to :class:`TokenStream` s.
+
+    ``observer(snapshot, released_streams, lag_s)`` is called after each step's tokens are
+    released: ``snapshot`` is the engine's batch snapshot of the step (SNAPSHOT_COLUMNS),
+    ``lag_s`` how late (wall seconds) the release happened.
+    """
+
+    def __init__(self, engine: ReplicaEngine, clock: SimClock, observer: StepObserver | None = None) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.observer = observer
+        self.active: dict[int, TokenStream] = {}
+        self._next_gid = 0
+        self._wake: asyncio.Event | None = None
+        self.error: BaseException | None = None
+        self.steps = 0
+
+    # --------------------------------------------------------------- requests
+    def submit(self, prefill_tokens: int, decode_tokens: int) -> TokenStream:
+        """Enter a request into the engine now; returns its stream (call on the event loop)."""
+        if self.error is not None:
+            raise RuntimeError(f"simulator stopped: {self.error}")
+        eng = self.engine
+        gid = self._next_gid
+        self._next_gid += 1
+        arrival = self.clock.now_s()
+        if eng.arr and arrival < eng.arr[-1]:
+            arrival = eng.arr[-1]  # the monotonic clock never goes back; guard float ties
+        local = len(eng.gid)
+        eng.submit(gid, arrival, prefill_tokens, decode_tokens)
+        stream = TokenStream(gid, local, prefill_tokens, decode_tokens, arrival)
+        self.active[local] = stream
+        if self._wake is not None:
+            self._wake.set()
+        return stream
+
+    # ------------------------------------------------------------------- loop
+    def next_step_start_s(self) -> float | None:
+        """Simulated start time of the next engine step, or None when the engine is idle."""
+        eng = self.engine
+        if eng.n_dec or eng.prefilling or eng.n_wait or eng.n_swapped:
+            return eng.t
+        if eng.pending:
+            return max(eng.t, eng.arr[eng.pending[0]])
+        return None
+
+    async def _sleep_until(self, sim_s: float) -> None:
+        delay = self.clock.wall_of(sim_s) - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def run(self) -> None:
+        """Run until cancelled. A simulator error cancels every open stream."""
+        self._wake = asyncio.Event()
+        eng = self.engine
+        try:
+            while True:
+                start = self.next_step_start_s()
+                if start is None:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                await self._sleep_until(start)
+                eng.run(until=math.nextafter(start, math.inf))  # exactly the step starting at `start`
+                step = eng.step - 1
+                t_end = eng.t
+                due = []
+                for i, stream in self.active.items():
+                    n = emitted_tokens(eng, i, step)
+                    if n > stream.scheduled:
+                        stream.scheduled = n
+                        due.append(stream)
+                snapshot = eng.snapshots.pop() if eng.snapshots else None
+                self.steps += 1
+                await self._sleep_until(t_end)
+                lag_s = time.monotonic() - self.clock.wall_of(t_end)
+                for stream in due:
+                    stream._release(stream.scheduled, t_end)
+                    if stream.finished:
+                        del self.active[stream.local]
+                if self.observer is not None:
+                    self.observer(snapshot, due, lag_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a simulator bug: fail every open stream loudly, keep serving errors
+            log.exception("simulator driver stopped")
+            self.error = exc
+            for stream in self.active.values():
+                stream.cancel(f"simulator error: {exc}")
+            self.active.clear()

@@ -1,0 +1,236 @@
+"""Batch-time fitting: recovery, confidence intervals, identifiability, validation, presets."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fluidserve.batch_time import BatchTimeModel
+from fluidserve.calibration.fit import (
+    FOUR, BatchTimeFit, fit_batch_time, plot_residuals, read_profile, select_phase, validate_profile,
+    write_preset,
+)
+from fluidserve.config import config_from_dict
+from fluidserve.errors import InputError
+
+TRUE = BatchTimeModel(d0_s=6.7e-3, d1_prefill_s=2.1e-5, d1_decode_s=1.0e-5, d2_kv_s=5.0e-8)
+REAL_PROFILE = Path(__file__).resolve().parents[2] / "calibration" / "data" / "h100_llama31_8b_profile.csv"
+
+
+def synthetic_profile(model=TRUE, noise=0.0, seed=0, decode=True, prefill=True, mixed=True):
+    """A profiler-like grid; multiplicative noise of relative std ``noise``."""
+    rows = []
+    if decode:
+        for b in (1, 2, 4, 8, 16, 32, 64, 128):
+            for c in (128, 512, 1024, 2048, 4096):
+                rows.append(("decode", b, 0, b, b * c))
+    if prefill:
+        for t in (64, 128, 256, 512, 1024, 2048, 4096):
+            rows.append(("prefill", 1, t, 0, 0))
+    if mixed:
+        for t, b, c in ((256, 8, 1024), (512, 16, 1024), (512, 32, 2048), (1024, 8, 512), (2048, 4, 4096)):
+            rows.append(("mixed", b + 1, t, b, b * c))
+    df = pd.DataFrame(rows, columns=["phase", "batch_size", "prefill_tokens", "decode_tokens", "kv_tokens"])
+    t = model.step_time(df["prefill_tokens"], df["decode_tokens"], df["kv_tokens"]).to_numpy()
+    rng = np.random.default_rng(seed)
+    df["time_ms"] = 1e3 * t * (1.0 + noise * rng.standard_normal(len(t)))
+    return df
+
+
+def test_noiseless_fit_is_exact():
+    res = fit_batch_time(synthetic_profile())
+    for name in FOUR:
+        assert res.coef_s[name] == pytest.approx(getattr(TRUE, name), rel=1e-8)
+    assert res.mape < 1e-10
+    assert res.r2 == pytest.approx(1.0, abs=1e-12)
+    assert isinstance(res.model, BatchTimeModel)
+    assert res.model.d2_kv_s == pytest.approx(TRUE.d2_kv_s, rel=1e-8)
+    assert res.unidentified == () and res.clipped == ()
+
+
+def test_noisy_fit_recovers_coefficients_within_ci():
+    res = fit_batch_time(synthetic_profile(noise=0.02, seed=1))
+    assert res.rows == 52 and res.dof == 48
+    for name in FOUR:
+        lo, hi = res.ci_s[name]
+        assert lo < getattr(TRUE, name) < hi, name
+        assert res.coef_s[name] == pytest.approx(getattr(TRUE, name), rel=0.25)
+    assert res.coef_s["d0_s"] == pytest.approx(TRUE.d0_s, rel=0.02)
+    assert 0.008 < res.mape < 0.03  # noise of 2% std -> mean |error| ~ 1.6%
+
+
+def test_ci_coverage_is_about_95_percent():
+    seeds = range(50)
+    hits = {name: 0 for name in FOUR}
+    for seed in seeds:
+        res = fit_batch_time(synthetic_profile(noise=0.03, seed=seed))
+        for name in FOUR:
+            lo, hi = res.ci_s[name]
+            hits[name] += lo <= getattr(TRUE, name) <= hi
+    for name, h in hits.items():
+        assert h / len(seeds) > 0.85, (name, h)
+    assert sum(hits.values()) / (4 * len(seeds)) < 0.995  # intervals are not vacuous
+
+
+def test_two_parameter_model_misses_the_kv_term():
+    df = synthetic_profile()
+    four, two = fit_batch_time(df, "four"), fit_batch_time(df, "two")
+    assert two.mape > 0.05 and two.mape > 1000 * max(four.mape, 1e-12)
+    assert two.max_error > 0.2
+    assert two.model.d2_kv_s == 0 and two.model.d1_prefill_s == two.model.d1_decode_s
+
+
+def test_weighting_none_is_ordinary_least_squares():
+    df = synthetic_profile(noise=0.02, seed=3)
+    ols = fit_batch_time(df, weighting="none")
+    x = np.column_stack([np.ones(len(df)), df.prefill_tokens, df.decode_tokens, df.kv_tokens]).astype(float)
+    beta, *_ = np.linalg.lstsq(x, df.time_ms.to_numpy() * 1e-3, rcond=None)
+    np.testing.assert_allclose([ols.coef_s[n] for n in FOUR], beta, rtol=1e-8)
+    rel = fit_batch_time(df, weighting="relative")
+    assert rel.mape <= ols.mape + 1e-12  # relative weighting targets relative error
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    d0=st.floats(1e-4, 5e-2), d1p=st.floats(0, 1e-4), d1d=st.floats(0, 1e-4), d2=st.floats(0, 1e-6),
+)
+def test_property_noiseless_recovery(d0, d1p, d1d, d2):
+    true = BatchTimeModel(d0, d1p, d1d, d2)
+    res = fit_batch_time(synthetic_profile(true))
+    assert res.mape < 1e-7
+    for name in FOUR:
+        assert res.coef_s[name] == pytest.approx(getattr(true, name), rel=1e-5, abs=1e-12)
+        assert res.coef_s[name] >= 0
+
+
+def test_negative_coefficient_is_clipped_at_zero():
+    df = synthetic_profile(BatchTimeModel(6e-3, 2e-5, 0.0, 5e-8), prefill=True, mixed=True)
+    # make decode tokens look slightly "cheaper than free": unconstrained d1_decode < 0
+    df["time_ms"] -= 1e3 * 4e-6 * df["decode_tokens"]
+    res = fit_batch_time(df)
+    assert "d1_decode_s" in res.clipped
+    assert res.coef_s["d1_decode_s"] == 0.0
+    lo, hi = res.ci_s["d1_decode_s"]
+    assert lo == 0.0 and hi >= 0.0
+    assert res.model.d1_decode_s == 0.0
+    assert all(res.coef_s[n] > 0 for n in ("d0_s", "d1_prefill_s", "d2_kv_s"))
+
+
+def test_decode_only_profile_leaves_prefill_unidentified():
+    df = synthetic_profile(noise=0.01, seed=1, prefill=False, mixed=False)
+    res = fit_batch_time(df)
+    assert res.unidentified == ("d1_prefill_s",)
+    assert res.coef_s["d1_prefill_s"] is None and res.ci_s["d1_prefill_s"] is None
+    assert res.model.d1_prefill_s == 0.0
+    lo, hi = res.ci_s["d2_kv_s"]
+    assert lo < TRUE.d2_kv_s < hi
+    filled = fit_batch_time(df, fill={"d1_prefill_s": 2.3e-5})
+    assert filled.filled == {"d1_prefill_s": 2.3e-5} and filled.model.d1_prefill_s == 2.3e-5
+    assert filled.coef_s["d2_kv_s"] == pytest.approx(res.coef_s["d2_kv_s"])
+
+
+def test_collinear_kv_is_unidentified():
+    rows = [("decode", b, 0, b, 1024 * b) for b in (1, 2, 4, 8, 16, 32, 64)]
+    df = pd.DataFrame(rows, columns=["phase", "batch_size", "prefill_tokens", "decode_tokens", "kv_tokens"])
+    df["time_ms"] = 1e3 * TRUE.step_time(0, df.decode_tokens, df.kv_tokens)
+    res = fit_batch_time(df)
+    assert set(res.unidentified) == {"d1_prefill_s", "d2_kv_s"}
+    # d1_decode absorbs the KV cost of the single context length
+    assert res.coef_s["d1_decode_s"] == pytest.approx(TRUE.d1_decode_s + 1024 * TRUE.d2_kv_s, rel=1e-8)
+
+
+def test_bad_profiles_name_the_problem():
+    good = synthetic_profile()
+    with pytest.raises(InputError, match="missing column.*kv_tokens, time_ms"):
+        validate_profile(good.drop(columns=["kv_tokens", "time_ms"]), "p.csv")
+    bad = good.astype({"time_ms": object})
+    bad.loc[4, "time_ms"] = "fast"
+    with pytest.raises(InputError, match=r"p.csv: row 5 \(line 6\): time_ms 'fast' is not a number"):
+        validate_profile(bad, "p.csv")
+    bad = good.copy()
+    bad.loc[2, "time_ms"] = 0.0
+    with pytest.raises(InputError, match=r"row 3 \(line 4\): time_ms must be > 0"):
+        validate_profile(bad, "p.csv")
+    bad = good.copy()
+    bad.loc[0, "kv_tokens"] = -5
+    with pytest.raises(InputError, match=r"row 1 \(line 2\): kv_tokens must be >= 0"):
+        validate_profile(bad, "p.csv")
+    with pytest.raises(InputError, match="5 rows are too few to fit 4 coefficient.*at least 6"):
+        fit_batch_time(good.iloc[[0, 7, 12, 41, 48]], source="p.csv")
+    with pytest.raises(InputError, match="no rows with phase 'prefill'"):
+        select_phase(validate_profile(synthetic_profile(prefill=False, mixed=False)), "prefill")
+    with pytest.raises(InputError, match="profile file not found"):
+        read_profile("/nonexistent/profile.csv")
+
+
+def test_sklearn_style_wrapper():
+    df = synthetic_profile(noise=0.01, seed=5)
+    est = BatchTimeFit().fit(df)
+    assert est.mape_ == pytest.approx(est.result_.mape)
+    pred = est.predict(df)
+    np.testing.assert_allclose(pred, est.result_.data["predicted_s"].to_numpy(), rtol=1e-12)
+    assert est.coef_["d2_kv_s"] == pytest.approx(TRUE.d2_kv_s, rel=0.2)
+
+
+def test_preset_round_trip_and_config(tmp_path):
+    df = validate_profile(synthetic_profile(noise=0.01, seed=2))
+    four, two = fit_batch_time(df, "four"), fit_batch_time(df, "two")
+    path = write_preset(tmp_path / "preset.yaml", four, two, source="synthetic")
+    loaded = BatchTimeModel.from_yaml(path)
+    assert loaded == four.model
+    cfg = config_from_dict(
+        {"system": {"M_total": 100000}, "batch_time": {"preset": str(path)}}
+    )
+    assert cfg.batch_time_model() == four.model
+    import yaml
+
+    meta = yaml.safe_load(path.read_text())["metadata"]
+    assert meta["rows"] == 52 and meta["mape"] == pytest.approx(four.mape)
+    assert set(meta["ci95"]) == set(FOUR) and meta["two_param"]["mape"] == pytest.approx(two.mape)
+
+
+def test_preset_refuses_unidentified_coefficients(tmp_path):
+    res = fit_batch_time(synthetic_profile(prefill=False, mixed=False))
+    with pytest.raises(InputError, match="does not identify d1_prefill_s"):
+        write_preset(tmp_path / "p.yaml", res)
+
+
+def test_residual_plot_returns_figure():
+    df = synthetic_profile(noise=0.02, seed=4)
+    fig = plot_residuals([fit_batch_time(df), fit_batch_time(df, "two")])
+    assert len(fig.axes) == 4
+    assert "MAPE" in fig.axes[0].get_title()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+@pytest.mark.skipif(not REAL_PROFILE.is_file(), reason="H100 profile not present")
+def test_real_h100_decode_profile_mape_within_5_percent():
+    df = select_phase(read_profile(REAL_PROFILE), "decode")
+    four, two = fit_batch_time(df, "four"), fit_batch_time(df, "two")
+    assert four.mape <= 0.05
+    assert two.mape > 2 * four.mape
+    assert 5e-3 < four.coef_s["d0_s"] < 8e-3
+    # KV term: 128 KiB per token read at 60-95% of 3.35 TB/s
+    assert 131072 / 3.35e12 / 0.95 < four.coef_s["d2_kv_s"] < 131072 / 3.35e12 / 0.6
+
+
+def test_large_noisy_profile_is_unbiased():
+    # 1/measured weights would bias every coefficient low by ~noise^2 (0.25% here), more than
+    # these CIs are wide; the reweighted fit keeps the truth inside them
+    rng = np.random.default_rng(3)
+    n = 20_000
+    decode = rng.integers(1, 257, n)
+    prefill = np.where(rng.random(n) < 0.3, rng.integers(16, 4097, n), 0)
+    kv = decode * rng.integers(16, 8193, n)
+    df = pd.DataFrame({"phase": "mixed", "batch_size": decode + 1, "prefill_tokens": prefill,
+                       "decode_tokens": decode, "kv_tokens": kv})
+    df["time_ms"] = 1e3 * TRUE.step_time(prefill, decode, kv) * (1 + 0.05 * rng.standard_normal(n))
+    res = fit_batch_time(df)
+    for name in FOUR:
+        lo, hi = res.ci_s[name]
+        assert lo < getattr(TRUE, name) < hi, name
