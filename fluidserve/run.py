@@ -51,7 +51,6 @@ def log(msg: str) -> None:
 def run_job(cfg, output_dir: str | None = None, fluid: bool = True, figures: bool = True, progress: bool = True):
     """Run the main job for a loaded config. Returns (experiment_dir, summary_dict)."""
     from fluidserve.outputs import figures as figs
-    from fluidserve.outputs.metrics import summarize
     from fluidserve.outputs.writer import make_experiment_dir, write_result
     from fluidserve.sim import simulate
     from fluidserve.workload import make_workload
@@ -62,17 +61,19 @@ def run_job(cfg, output_dir: str | None = None, fluid: bool = True, figures: boo
     result = simulate(cfg, workload, progress=progress)
     log(f"simulator: {result.num_steps} steps in {result.wall_time_s:.2f} s")
     exp_dir = make_experiment_dir(output_dir or cfg.output_dir, cfg.name)
-    write_result(result, exp_dir, cfg)
+    summary = write_result(result, exp_dir, cfg)
+    log(f"simulator results written to {exp_dir}")
     if figures:
         figs.save_figure(figs.system_dynamics(result), exp_dir / "system_dynamics")
         figs.save_figure(figs.request_timeline(result), exp_dir / "request_timeline")
-    summary = summarize(result)
 
     if fluid and cfg.fluid.enabled:
         summary["fluid"] = _run_fluid(cfg, workload, result, exp_dir, figures)
     summary["experiment_dir"] = str(exp_dir)
     summary["wall_time_s"] = time.perf_counter() - t0
-    (exp_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    from fluidserve.outputs.writer import write_text_atomic
+
+    write_text_atomic(exp_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default))
     return exp_dir, summary
 
 
@@ -100,6 +101,16 @@ def _run_fluid(cfg, workload, result, exp_dir: Path, figures: bool) -> dict:
 
         save_figure(compare.fluid_vs_sim_figure(fres, result), exp_dir / "fluid_vs_sim")
     log(f"fluid model: solved in {solve_s:.3f} s")
+    lines = ["", f"fluid model (solved in {solve_s:.2f} s; sup-norm error / fluid peak, scale n = 1)"]
+    for key in ("waiting", "running", "swapped", "kv_memory_tokens"):
+        err, norm = dist.get(f"sup_err_{key}"), dist.get(f"norm_{key}")
+        if err is not None:
+            lines.append(f"  {key:<18} {err:8.3f}   (peak {norm:,.1f})")
+    for key in ("throughput", "ttft", "e2e"):
+        if dist.get(f"{key}_rel_err") is not None:
+            lines.append(f"  {key + ' rel. error':<18} {dist[f'{key}_rel_err']:8.3f}")
+    with open(exp_dir / "summary.txt", "a") as fh:
+        fh.write("\n".join(lines) + "\n")
     return {"status": "ok", "solve_time_s": solve_s, "distance": dist}
 
 
