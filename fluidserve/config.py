@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fluidserve.batch_time import BatchTimeModel
 from fluidserve.errors import InputError
+from fluidserve.yamlio import read_yaml
 
 
 class _Strict(BaseModel):
@@ -249,14 +249,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>", base_dir: s
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Load and validate a YAML config. ``overrides`` maps dotted paths to values."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    if data is None:
-        raise InputError(f"{path}: config file is empty")
+    data = read_yaml(path, "config")
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     return config_from_dict(data, str(path), str(path.parent.resolve()))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
+from fluidserve.yamlio import read_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fluidserve.batch_time import BatchTimeModel
@@ -225,12 +225,5 @@ def _name_items(msg: str, data: dict) -> str:
 
 def load_lp_config(path: str | Path) -> LpConfig:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"lp config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    if data is None:
-        raise InputError(f"{path}: config file is empty")
+    data = read_yaml(path, "lp config")
     return lp_config_from_dict(data, str(path), str(path.parent.resolve()))

@@ -4,7 +4,6 @@ import argparse
 import json
 
 import pytest
-import yaml
 
 from fluidserve.__main__ import main as fluidserve_main
 from fluidserve.batch_time import BatchTimeModel

@@ -1,6 +1,5 @@
 """Roofline batch-time predictions from presets, and the roofline plot."""
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

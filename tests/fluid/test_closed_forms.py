@@ -1,6 +1,5 @@
 """Closed forms (theory eqs. 17-19) vs the sympy identities, the ODE's long-time limit and the simulator."""
 
-import numpy as np
 import pytest
 import sympy as sp
 
