@@ -8,7 +8,9 @@ Semantics of one engine step ``s`` starting at time ``t`` (see README "Simulator
    ``(P + g) % block_size == 0``. While the blocks do not fit, a victim chosen by
    ``victim_policy`` is preempted: ``swapping`` moves its KV to CPU (swap time = bytes /
    bandwidth, added to the step) and queues it as swapped; ``recompute`` frees its KV and puts
-   it at the head of the waiting queue, to re-prefill prompt + generated tokens.
+   it at the head of the waiting queue, to re-prefill prompt + generated tokens. With chunked
+   prefill, requests whose prompt is still being prefilled are preempted first (by recompute,
+   latest admitted first): they hold their prompt's blocks but cannot make the batch grow.
 3. Only if nothing was preempted in this step: swapped requests swap back in (arrival order)
    while their blocks fit; waiting requests are admitted only when no request stays swapped
    (batch priority RUNNING > SWAPPED > WAITING).
@@ -346,6 +348,24 @@ class ReplicaEngine:
             preempted = False
             needed = cnt[s % bs]
             while self.used + needed > total_blocks:
+                if prefilling:
+                    # a chunked prefill in progress holds its whole prompt's blocks but cannot grow:
+                    # preempt the most recently admitted one first (always by recompute, its KV is
+                    # incomplete), otherwise two long requests can evict each other forever
+                    v = prefilling.pop()
+                    before = self.used
+                    self.used -= blocks[v]
+                    blocks[v] = 0
+                    self.pf_left[v] = 0
+                    state[v] = WAITING
+                    self.wait_head.appendleft(v)
+                    self.n_wait += 1
+                    self.preempts[v] += 1
+                    preempted = True
+                    if rec:
+                        events.append((t, "preempt", gid[v], rep))
+                        mem_events.append((t, "free", gid[v], before * bs, self.used * bs, "preempt_prefill"))
+                    continue
                 v = self._pick_victim()
                 P = P0[v]
                 g = g0a[v] + s - s0a[v]
