@@ -101,11 +101,15 @@ def _run_fluid(cfg, workload, result, exp_dir: Path, figures: bool) -> dict:
 
         save_figure(compare.fluid_vs_sim_figure(fres, result), exp_dir / "fluid_vs_sim")
     log(f"fluid model: solved in {solve_s:.3f} s")
-    lines = ["", f"fluid model (solved in {solve_s:.2f} s; sup-norm error / fluid peak, scale n = 1)"]
+    lines = ["", f"fluid model (solved in {solve_s:.2f} s); trajectories vs the simulator (scale n = 1):",
+             f"  {'':<18} {'sup |sim-fluid|':>16} {'sim peak':>12} {'fluid peak':>12}"]
     for key in ("waiting", "running", "swapped", "kv_memory_tokens"):
         err, norm = dist.get(f"sup_err_{key}"), dist.get(f"norm_{key}")
-        if err is not None:
-            lines.append(f"  {key:<18} {err:8.3f}   (peak {norm:,.1f})")
+        if err is not None and norm is not None:
+            lines.append(
+                f"  {key:<18} {err * norm:16,.1f} {dist.get(f'peak_sim_{key}', float('nan')):12,.1f}"
+                f" {dist.get(f'peak_fluid_{key}', float('nan')):12,.1f}"
+            )
     for key in ("throughput", "ttft", "e2e"):
         if dist.get(f"{key}_rel_err") is not None:
             lines.append(f"  {key + ' rel. error':<18} {dist[f'{key}_rel_err']:8.3f}")
