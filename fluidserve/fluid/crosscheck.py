@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     parser.add_argument("--scales", default=",".join(map(str, DEFAULT_SCALES)), help="comma-separated n values")
-    parser.add_argument("--backend", choices=["scipy", "jax"], help="fluid backend (default: the config's)")
+    parser.add_argument("--backend", choices=["scipy", "jax", "stepmap"],
+                        help="fluid backend (default: the config's); stepmap = the exact discrete-time limit")
     parser.add_argument("--dt-out", type=float, default=0.01, help="fluid output spacing [s] (default 0.01)")
     parser.add_argument("--output-dir", default="results/crosscheck", help="where tables and figures go")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -93,8 +94,14 @@ def solve_reference(cfg, reference, backend: str | None = None):
     from fluidserve.fluid.scaling import rate_profile
     from fluidserve.fluid.solve import solve_params
 
+    if backend == "stepmap":
+        from fluidserve.fluid.stepmap import exact_stage_config, solve_stepmap_params
+
+        cfg = exact_stage_config(cfg)
     p, tables = build_params(cfg, reference)
     p = p._replace(lam=np.outer(rate_profile(reference, cfg.fluid.bin_s), tables.share))
+    if backend == "stepmap":
+        return solve_stepmap_params([p], tables, cfg.fluid)
     return solve_params([p], tables, cfg.fluid, backend or cfg.fluid.backend)
 
 
