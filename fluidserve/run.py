@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from fluidserve.errors import InputError, cli_errors
+from fluidserve.jsonout import to_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
         cfg, args.output_dir, fluid=not args.no_fluid, figures=not args.no_figures, progress=not args.quiet
     )
     if args.json:
-        print(json.dumps(summary, default=_json_default))
+        print(to_json(summary))
     else:
         txt = exp_dir / "summary.txt"
         if txt.exists():

@@ -34,7 +34,6 @@ Command: ``python -m fluidserve calibrate fit PROFILE.csv [--json] [--out preset
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ import pandas as pd
 
 from fluidserve.batch_time import BatchTimeModel
 from fluidserve.errors import InputError, cli_errors
+from fluidserve.jsonout import to_json
 
 PROFILE_COLUMNS = ("phase", "batch_size", "prefill_tokens", "decode_tokens", "kv_tokens", "time_ms")
 NUMERIC_COLUMNS = PROFILE_COLUMNS[1:]
@@ -537,7 +537,7 @@ def main(args: argparse.Namespace) -> int:
         paths = save_figure(plot_residuals([four, two]), Path(args.output_dir) / "fit_residuals")
         report["plots"] = [str(p) for p in paths]
     if args.json:
-        print(json.dumps(report))
+        print(to_json(report))
         return 0
     print(f"fit of {args.profile} (phase {args.phase})")
     print(format_report(four, two, notes))

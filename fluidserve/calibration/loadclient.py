@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from fluidserve.errors import InputError, cli_errors, require
+from fluidserve.jsonout import to_json
 from fluidserve.workload.base import Workload
 
 REQUEST_TRACE_COLUMNS = [
@@ -424,7 +425,7 @@ def main(args: argparse.Namespace) -> int:
     if monitor is not None:
         monitor.close()
     if args.json:
-        print(json.dumps(result.summary, default=_json_default))
+        print(to_json(result.summary))
     else:
         s = result.summary
         print(f"{s['completed']}/{s['arrived']} requests completed, {s['errors']} errors, "

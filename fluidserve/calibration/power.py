@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fluidserve.errors import InputError, MissingDependencyError, cli_errors, require
+from fluidserve.jsonout import to_json
 
 SAMPLE_COLUMNS = [
     "time_s", "gpu", "power_w", "energy_j", "sm_clock_mhz", "mem_clock_mhz",
@@ -358,7 +359,7 @@ def main(args) -> int:
     pm.to_json(out / "power.json")
     summary = {**pm.summary(), "command_rc": rc if args.cmd else None, "output_dir": str(out)}
     if args.json:
-        print(json.dumps(summary))
+        print(to_json(summary))
     else:
         print(f"{pm.energy_j:.1f} J over {pm.duration_s:.2f} s (avg {pm.avg_power_w:.1f} W); wrote {out}")
     return rc

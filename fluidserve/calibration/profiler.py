@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from fluidserve.errors import InputError, cli_errors
+from fluidserve.jsonout import to_json
 
 PROFILE_COLUMNS = [
     "phase", "batch_size", "prefill_tokens", "decode_tokens", "kv_tokens", "time_ms",
@@ -355,16 +356,10 @@ def main(args: argparse.Namespace) -> int:
     for p in skipped:
         print(f"skipped (does not fit): {summary['skipped'][skipped.index(p)]}", file=sys.stderr)
     if args.json:
-        print(json.dumps(summary, default=_json_default))
+        print(to_json(summary))
     else:
         print(f"wrote {len(df)} profile rows to {out} ({len(skipped)} skipped) in {wall:.1f} s")
     return 0
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    return str(value)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,6 @@ replaces them.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,6 +61,7 @@ import numpy as np
 from fluidserve import specs
 from fluidserve.batch_time import BatchTimeModel
 from fluidserve.errors import InputError, cli_errors
+from fluidserve.jsonout import to_json
 
 
 @dataclass(frozen=True)
@@ -342,7 +342,7 @@ def main(args: argparse.Namespace) -> int:
         fig = plot_roofline(args.gpu, args.model, profile, eff, args.dtype_bytes)
         out["plots"] = [str(p) for p in save_figure(fig, Path(args.output_dir) / "roofline")]
     if args.json:
-        print(json.dumps(out))
+        print(to_json(out))
         return 0
     bt = pred.batch_time
     lines = [

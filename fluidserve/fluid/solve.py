@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from fluidserve.errors import InputError
+from fluidserve.errors import InputError, UnsupportedError
 from fluidserve.fluid.classes import ClassTables
 from fluidserve.fluid.params import FluidParams, build_params, check_supported, replica_shares
 from fluidserve.fluid.result import SERIES_COLUMNS, FluidResult
@@ -215,7 +215,8 @@ def solve(cfg, workload, backend: str | None = None, batch_time=None) -> "FluidR
     Args:
         cfg: validated Config; ``cfg.fluid`` holds classes, stages, bins, tolerances.
         workload: the requests (their arrival rates are binned, their lengths build the classes).
-        backend: "scipy" or "jax"; None uses ``cfg.fluid.backend``.
+        backend: "scipy" or "jax" (the ODE) or "stepmap" (the exact step map of
+            :mod:`fluidserve.fluid.stepmap`); None uses ``cfg.fluid.backend``.
         batch_time: override of ``cfg.batch_time_model()`` (used by the fluid-limit scaling).
 
     With several replicas (round_robin or weighted routers) each replica gets its share of the
@@ -223,6 +224,13 @@ def solve(cfg, workload, backend: str | None = None, batch_time=None) -> "FluidR
     """
     check_supported(cfg)
     backend = backend or cfg.fluid.backend
+    if backend == "stepmap":
+        from fluidserve.fluid.stepmap import solve_stepmap
+
+        if cfg.fluid.stages is not None:
+            raise UnsupportedError(f"fluid.stages={cfg.fluid.stages} is not used by fluid.backend 'stepmap' "
+                                   "(it tracks every decode age exactly): remove fluid.stages or use scipy/jax")
+        return solve_stepmap(cfg, workload, batch_time)
     shares = replica_shares(cfg)
     params_list = []
     tables = None

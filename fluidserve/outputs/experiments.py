@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from fluidserve.errors import InputError, cli_errors
+from fluidserve.jsonout import to_json
 from fluidserve.outputs.metrics import format_summary
 from fluidserve.outputs.writer import DIR_NAME_RE, TIMESTAMP_FORMAT, atomic_path
 
@@ -296,7 +297,7 @@ def main(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = list_experiments(out_dir, include_archive=args.all)
         if as_json:
-            print(json.dumps({"output_dir": str(out_dir), "experiments": rows}))
+            print(to_json({"output_dir": str(out_dir), "experiments": rows}))
         elif not rows:
             print(f"no experiments under {out_dir}")
         else:
@@ -308,7 +309,7 @@ def main(args: argparse.Namespace) -> int:
         exp = resolve(out_dir, args.name)
         summary = exp.summary()
         if as_json:
-            print(json.dumps({"experiment": exp.name, **summary}))
+            print(to_json({"experiment": exp.name, **summary}))
         elif (exp.path / "summary.txt").is_file():
             print((exp.path / "summary.txt").read_text(), end="")
         elif summary:
@@ -319,7 +320,7 @@ def main(args: argparse.Namespace) -> int:
         a, b = resolve(out_dir, args.a), resolve(out_dir, args.b)
         cmp = compare_experiments(a, b)
         if as_json:
-            print(json.dumps(cmp))
+            print(to_json(cmp))
         else:
             rows = [[k, _fmt(m["a"]), _fmt(m["b"]), _fmt(m["diff"]),
                      "n/a" if m["rel_diff"] is None else f"{100 * m['rel_diff']:+.1f}%"]
@@ -332,7 +333,7 @@ def main(args: argparse.Namespace) -> int:
     elif args.action == "archive":
         moved = archive_experiments(out_dir, args.older_than, dry_run=args.dry_run)
         if as_json:
-            print(json.dumps({"archived": moved, "dry_run": args.dry_run}))
+            print(to_json({"archived": moved, "dry_run": args.dry_run}))
         else:
             verb = "would move" if args.dry_run else "moved"
             for m in moved:
@@ -342,7 +343,7 @@ def main(args: argparse.Namespace) -> int:
         exp = resolve(out_dir, args.name)
         path = export_experiment(exp, args.file, force=args.force)
         if as_json:
-            print(json.dumps({"experiment": exp.name, "file": str(path), "bytes": path.stat().st_size}))
+            print(to_json({"experiment": exp.name, "file": str(path), "bytes": path.stat().st_size}))
         else:
             print(f"exported {exp.path} -> {path} ({path.stat().st_size:,} bytes)")
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from fluidserve.errors import cli_errors
+from fluidserve.jsonout import to_json
 from fluidserve.policy.lp import solve
 from fluidserve.policy.lp_config import LpConfig, load_lp_config
 from fluidserve.policy.problem import build_problem
@@ -117,7 +118,7 @@ def main(args: argparse.Namespace) -> int:
             (outdir / "report.json").write_text(json.dumps(payload, indent=2))
             (outdir / "report.txt").write_text(format_report(rep) + "\n")
         if args.json:
-            print(json.dumps(payload))
+            print(to_json(payload))
         else:
             print(format_report(rep))
         print(f"error: {rep['reason']}", file=sys.stderr)
@@ -167,7 +168,7 @@ def main(args: argparse.Namespace) -> int:
                        "simulated max-clock round robin": (1.0, val["baseline_energy_per_token_j"])}
             figures.save(figures.energy_vs_load(curves, pts), outdir / "energy_vs_load")
     if args.json:
-        print(json.dumps(payload))
+        print(to_json(payload))
     else:
         print(text)
     return 0

@@ -36,6 +36,7 @@ import yaml
 
 from fluidserve.batch_time import BatchTimeModel
 from fluidserve.errors import InputError, cli_errors
+from fluidserve.jsonout import to_json
 from fluidserve.workload.base import Workload
 
 COEFFICIENTS = ("d0_s", "d1_prefill_s", "d1_decode_s", "d2_kv_s")
@@ -185,7 +186,7 @@ def main(args: argparse.Namespace) -> int:
         result.requests.to_csv(out / "requests.csv", index=False)
         (out / "e2e.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.json:
-        print(json.dumps(summary))
+        print(to_json(summary))
     else:
         print(f"{'coefficient':<14}{'truth':>12}{'fitted':>12}{'error':>9}")
         for k in COEFFICIENTS:

@@ -14,10 +14,10 @@ retries them), 2 for bad input.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from fluidserve.errors import cli_errors
+from fluidserve.jsonout import to_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         info = {"name": sweep.name, "points": len(sweep.points), "engines": list(sweep.engines),
                 "fields": sweep.fields, "sweep_dir": str(sweep_dir(sweep, args.output_dir))}
-        print(json.dumps(info) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+        print(to_json(info) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
         return 0
     report = run_sweep(sweep, args.output_dir, executor=args.executor, workers=args.workers,
                        address=args.address, progress=not args.quiet, use_vmap=not args.no_vmap)
@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     for err in report.errors[:5]:
         print(f"  failed {err['engine']} {err['params']}: {err['error']}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result, default=str))
+        print(to_json(result))
     else:
         print(f"results: {report.dataset_dir}")
     return 1 if report.errors else 0

@@ -12,7 +12,6 @@ with ``format: generic``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pydantic import ValidationError
 
 from fluidserve.config import WorkloadConfig, format_validation_error, load_config
 from fluidserve.errors import InputError, cli_errors
+from fluidserve.jsonout import to_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
         "mean_decode": float(workload.decode_tokens.mean()),
     }
     if args.json:
-        print(json.dumps(info))
+        print(to_json(info))
     else:
         print(
             f"wrote {info['num_requests']} requests to {path} (mean rate {workload.mean_rate:.3f} req/s, "

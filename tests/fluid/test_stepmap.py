@@ -70,3 +70,46 @@ def test_unsupported_config_raises():
     cfg = cfg_with(**{"policy.victim_policy": "FIFO"})
     with pytest.raises(UnsupportedError, match="victim_policy"):
         solve_stepmap(cfg, make_workload(cfg_with()))
+
+
+def test_config_backend_stepmap_and_stages_conflict():
+    from fluidserve.fluid import solve
+
+    cfg = cfg_with(**{"fluid.backend": "stepmap", "workload.num_requests": 600, "workload.arrival_rate": 150.0})
+    res = solve(cfg, make_workload(cfg))
+    assert res.summary["backend"] == "stepmap"
+    # everything that arrived is served once the map has drained
+    assert res.summary["completed"] == pytest.approx(res.summary["admitted"], rel=1e-6)
+    assert res.summary["completed"] == pytest.approx(600.0, rel=0.02)
+    staged = cfg_with(**{"fluid.backend": "stepmap", "fluid.stages": 10})
+    with pytest.raises(UnsupportedError, match="fluid.stages"):
+        solve(staged, make_workload(staged))
+
+
+def test_crosscheck_writes_each_row_as_it_finishes(tmp_path, monkeypatch):
+    import argparse
+
+    import pandas as pd
+
+    from fluidserve.fluid import compare
+
+    real = compare.distance
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(compare, "distance", flaky)
+    parser = argparse.ArgumentParser()
+    crosscheck.add_arguments(parser)
+    from .conftest import ROOT
+
+    args = parser.parse_args(["--config", str(ROOT / "config" / "default.yaml"), "--scenarios", "underloaded",
+                              "--scales", "1,2", "--backend", "stepmap", "--output-dir", str(tmp_path), "--no-figures"])
+    with pytest.raises(RuntimeError, match="killed"):
+        crosscheck.main(args)
+    rows = pd.read_csv(tmp_path / "crosscheck.csv")
+    assert list(rows["n"]) == [1] and rows["tol_err_running"].iloc[0] <= rows["sup_err_running"].iloc[0]
