@@ -1,6 +1,6 @@
 """Fluid model speed, measured in one run (print only; no timed tests).
 
-1. Azure conv trace replay: fluid solve (SciPy and JAX backends) vs the discrete simulator on the
+1. Azure conv trace replay: fluid solve (SciPy and JAX backends, and the step map) vs the discrete simulator on the
    same window, at scale n = 1 and at a scaled system n (sim cost grows with n, the fluid's does
    not). ``--window-s 3600`` is the full hour; the fluid uses ``--stages`` coarse decode stages.
 2. JAX ``vmap`` sweep over 10,000 parameter points (d0 x arrival-rate factor) of a small
@@ -59,6 +59,16 @@ def azure(window_s: float, stages: int, scale: int) -> None:
               f"(fluid {res.summary['num_stages']} stages x {res.summary['num_classes']} classes)")
     d = compare.distance(res, sim, 1.0)
     print("  n=1 distance: " + ", ".join(f"{k}={d[k]:.3f}" for k in d if k.startswith("sup_err")))
+    # the step map (exact discrete-time limit): one iteration per engine step, exact decode ages
+    smcfg = cfg.model_copy(deep=True)
+    smcfg.fluid.stages = None
+    smcfg.base_dir = cfg.base_dir
+    t0 = time.perf_counter()
+    res = fluid.solve(smcfg, wl, backend="stepmap")
+    sm_s = time.perf_counter() - t0
+    print(f"  fluid stepmap: {sm_s:.2f} s ({res.summary['steps']} steps, {res.summary['num_stages']} stages x "
+          f"{res.summary['num_classes']} classes); speed-up vs simulator: n=1 {sim_s / sm_s:.2f}x, "
+          f"n={scale} {sim_n_s / sm_s:.2f}x")
 
 
 def sweep(points: int) -> None:
@@ -103,8 +113,10 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=16)
     ap.add_argument("--points", type=int, default=10000)
     ap.add_argument("--skip-azure", action="store_true")
+    ap.add_argument("--skip-sweep", action="store_true")
     args = ap.parse_args()
-    sweep(args.points)
+    if not args.skip_sweep:
+        sweep(args.points)
     if not args.skip_azure:
         azure(args.window_s, args.stages, args.scale)
 
