@@ -1,6 +1,7 @@
 """Fluid model speed, measured in one run (print only; no timed tests).
 
-1. Azure conv trace replay: fluid solve (SciPy and JAX backends, and the step map) vs the discrete simulator on the
+1. Azure conv trace replay: fluid solve (SciPy and JAX ODE backends, the quasi-static model and the
+   step map) vs the discrete simulator on the
    same window, at scale n = 1 and at a scaled system n (sim cost grows with n, the fluid's does
    not). ``--window-s 3600`` is the full hour; the fluid uses ``--stages`` coarse decode stages.
 2. JAX ``vmap`` sweep over 10,000 parameter points (d0 x arrival-rate factor) of a small
@@ -59,6 +60,19 @@ def azure(window_s: float, stages: int, scale: int) -> None:
               f"(fluid {res.summary['num_stages']} stages x {res.summary['num_classes']} classes)")
     d = compare.distance(res, sim, 1.0)
     print("  n=1 distance: " + ", ".join(f"{k}={d[k]:.3f}" for k in d if k.startswith("sup_err")))
+    # the quasi-static model: closed forms per rate bin plus a fluid queue (first call compiles sympy)
+    fluid.solve(cfg, wl, backend="quasistatic")
+    reps = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        res = fluid.solve(cfg, wl, backend="quasistatic")
+        reps.append(time.perf_counter() - t0)
+    qs_s = float(np.median(reps))
+    print(f"  fluid quasistatic: {qs_s * 1e3:.2f} ms (median of 20; {res.summary['segments']} segments); "
+          f"speed-up vs simulator: n=1 {sim_s / qs_s:.0f}x, n={scale} {sim_n_s / qs_s:.0f}x")
+    done = sim.completed
+    for key, col in (("waiting", "waiting_time"), ("ttft", "ttft"), ("e2e", "total_delay")):
+        print(f"    mean {key}: simulator {done[col].mean():.4f} s, quasistatic {res.summary[f'mean_{key}_s']:.4f} s")
     # the step map (exact discrete-time limit): one iteration per engine step, exact decode ages
     smcfg = cfg.model_copy(deep=True)
     smcfg.fluid.stages = None

@@ -180,8 +180,9 @@ class SimConfig(_Strict):
 class FluidConfig(_Strict):
     enabled: bool = True
     num_classes: int = Field(4, ge=1, le=64, description="request classes K (quantile bins of a trace)")
-    backend: Literal["scipy", "jax", "stepmap"] = Field(
-        "scipy", description="scipy / jax: the ODE; stepmap: the exact discrete-time limit (one iteration per engine step)")
+    backend: Literal["scipy", "jax", "stepmap", "quasistatic"] = Field(
+        "scipy", description="scipy / jax: the ODE; stepmap: the exact discrete-time limit (one iteration per "
+        "engine step); quasistatic: each rate bin at its steady state plus a fluid queue")
     method: str = Field("RK45", description="solve_ivp method of the scipy backend (RK45 measured fastest; LSODA, BDF also work)")
     rtol: float = Field(1e-6, gt=0)
     atol: float = Field(1e-8, gt=0)

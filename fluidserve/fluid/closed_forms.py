@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import numpy as np
 import sympy as sp
 
 from fluidserve.batch_time import BatchTimeModel
@@ -75,6 +76,45 @@ def _numeric():
     f["throughput_max"] = sp.lambdify(cap_args, e["throughput_max"], "math")
     f["capacity"] = sp.lambdify((M, B, S, Pbar, Dbar, Kb), e["capacity"], "math")
     return f
+
+
+@functools.lru_cache(maxsize=1)
+def _numeric_arrays():
+    """The same sympy expressions as :func:`_numeric`, lambdified for numpy arrays."""
+    e = derive()
+    f = {"work_per_request": sp.lambdify((d1p, d1d, d2, Pbar, Dbar, Kbar), e["work_per_request"], "numpy")}
+    f["capacity"] = sp.lambdify((M, B, S, Pbar, Dbar, Kb), e["capacity"], "numpy")
+    f["throughput_max"] = sp.lambdify((d0, d1p, d1d, d2, Pbar, Dbar, Kbar, c), e["throughput_max"], "numpy")
+    f["tau_star"] = sp.lambdify((d0, d1p, d1d, d2, lam, Pbar, Dbar, Kbar), e["tau_star"], "numpy")
+    return f
+
+
+def capacity_arrays(batch_time_model: BatchTimeModel, mean_prefill, mean_decode, mean_kv_per_request,
+                    mean_kv_memory_per_request, M_total: float, B: float, max_num_seqs: float) -> dict:
+    """Vectorized eqs. 17-19 over arrays of request mixes (one entry per mix, e.g. per time bin).
+
+    Returns arrays: ``work_s`` (w, seconds of step time per request), ``capacity_per_step`` (c*,
+    requests admitted per step at the binding limit) and ``throughput_max`` (X_max, req/s).
+    """
+    bt = batch_time_model
+    f = _numeric_arrays()
+    P, D = np.asarray(mean_prefill, float), np.asarray(mean_decode, float)
+    K, Kb_ = np.asarray(mean_kv_per_request, float), np.asarray(mean_kv_memory_per_request, float)
+    cap = np.asarray(f["capacity"](float(M_total), float(B), float(max_num_seqs), P, D, Kb_), float)
+    return {
+        "work_s": np.asarray(f["work_per_request"](bt.d1_prefill_s, bt.d1_decode_s, bt.d2_kv_s, P, D, K), float),
+        "capacity_per_step": cap,
+        "throughput_max": np.asarray(f["throughput_max"](bt.d0_s, bt.d1_prefill_s, bt.d1_decode_s, bt.d2_kv_s,
+                                                         P, D, K, cap), float),
+    }
+
+
+def tau_star_arrays(batch_time_model: BatchTimeModel, rate, mean_prefill, mean_decode, mean_kv_per_request):
+    """tau* = d0/(1 - rho) [s] (eq. 17) for arrays of admission rates [req/s] and mixes."""
+    bt = batch_time_model
+    return np.asarray(_numeric_arrays()["tau_star"](bt.d0_s, bt.d1_prefill_s, bt.d1_decode_s, bt.d2_kv_s,
+                                                    np.asarray(rate, float), mean_prefill, mean_decode,
+                                                    mean_kv_per_request), float)
 
 
 def steady_state(batch_time_model: BatchTimeModel, arrival_rate: float, mean_prefill: float, mean_decode: float,

@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     parser.add_argument("--scales", default=",".join(map(str, DEFAULT_SCALES)), help="comma-separated n values")
-    parser.add_argument("--backend", choices=["scipy", "jax", "stepmap"],
+    parser.add_argument("--backend", choices=["scipy", "jax", "stepmap", "quasistatic"],
                         help="fluid backend (default: the config's); stepmap = the exact discrete-time limit")
     parser.add_argument("--dt-out", type=float, default=0.01, help="fluid output spacing [s] (default 0.01)")
     parser.add_argument("--output-dir", default="results/crosscheck", help="where tables and figures go")
@@ -94,6 +94,10 @@ def solve_reference(cfg, reference, backend: str | None = None):
     from fluidserve.fluid.scaling import rate_profile
     from fluidserve.fluid.solve import solve_params
 
+    if backend == "quasistatic":  # no class tables: bins of the reference, its pooled mean request
+        from fluidserve.fluid.quasistatic import solve_quasistatic
+
+        return solve_quasistatic(cfg, reference, pooled_mix=True)
     if backend == "stepmap":
         from fluidserve.fluid.stepmap import exact_stage_config, solve_stepmap_params
 

@@ -14,7 +14,12 @@ import pandas as pd
 
 from fluidserve.errors import InputError, UnsupportedError
 from fluidserve.fluid.classes import ClassTables
-from fluidserve.fluid.params import FluidParams, build_params, check_supported, replica_shares
+from fluidserve.fluid.params import (
+    FluidParams,
+    build_params,
+    check_supported,
+    replica_shares,
+)
 from fluidserve.fluid.result import SERIES_COLUMNS, FluidResult
 from fluidserve.fluid.vector_field import initial_state, step_quantities, unpack
 
@@ -35,12 +40,16 @@ def make_integrator(backend: str, params: FluidParams, fluid_cfg):
     raise InputError(f"fluid.backend must be 'scipy' or 'jax', got {backend!r}")
 
 
-def output_step(params: FluidParams, fluid_cfg) -> float:
+def output_spacing(window_s: float, fluid_cfg) -> float:
     """Output spacing [s]: fluid.dt_out_s, else the arrival window / 2000 within [0.01, 1] s."""
     if getattr(fluid_cfg, "dt_out_s", None):
         return float(fluid_cfg.dt_out_s)
-    window = params.lam.shape[0] * float(params.bin_s)
-    return float(min(1.0, max(0.01, window / 2000.0)))
+    return float(min(1.0, max(0.01, float(window_s) / 2000.0)))
+
+
+def output_step(params: FluidParams, fluid_cfg) -> float:
+    """:func:`output_spacing` of the parameters' arrival window."""
+    return output_spacing(params.lam.shape[0] * float(params.bin_s), fluid_cfg)
 
 
 def derived(ts: np.ndarray, ys: np.ndarray, params: FluidParams) -> dict:
@@ -215,8 +224,9 @@ def solve(cfg, workload, backend: str | None = None, batch_time=None) -> "FluidR
     Args:
         cfg: validated Config; ``cfg.fluid`` holds classes, stages, bins, tolerances.
         workload: the requests (their arrival rates are binned, their lengths build the classes).
-        backend: "scipy" or "jax" (the ODE) or "stepmap" (the exact step map of
-            :mod:`fluidserve.fluid.stepmap`); None uses ``cfg.fluid.backend``.
+        backend: "scipy" or "jax" (the ODE), "stepmap" (the exact step map of
+            :mod:`fluidserve.fluid.stepmap`) or "quasistatic" (:mod:`fluidserve.fluid.quasistatic`);
+            None uses ``cfg.fluid.backend``.
         batch_time: override of ``cfg.batch_time_model()`` (used by the fluid-limit scaling).
 
     With several replicas (round_robin or weighted routers) each replica gets its share of the
@@ -231,6 +241,10 @@ def solve(cfg, workload, backend: str | None = None, batch_time=None) -> "FluidR
             raise UnsupportedError(f"fluid.stages={cfg.fluid.stages} is not used by fluid.backend 'stepmap' "
                                    "(it tracks every decode age exactly): remove fluid.stages or use scipy/jax")
         return solve_stepmap(cfg, workload, batch_time)
+    if backend == "quasistatic":
+        from fluidserve.fluid.quasistatic import solve_quasistatic
+
+        return solve_quasistatic(cfg, workload, batch_time)
     shares = replica_shares(cfg)
     params_list = []
     tables = None

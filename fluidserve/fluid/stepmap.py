@@ -29,8 +29,14 @@ import numpy as np
 import pandas as pd
 
 from fluidserve.fluid.classes import ClassTables
-from fluidserve.fluid.params import FluidParams, build_params, check_supported, replica_shares
+from fluidserve.fluid.params import (
+    FluidParams,
+    build_params,
+    check_supported,
+    replica_shares,
+)
 from fluidserve.fluid.result import SERIES_COLUMNS, FluidResult
+from fluidserve.fluid.solve import output_spacing
 
 EMPTY_FRACTION = 1e-9  # the system counts as empty below this fraction of its peak mass
 MAX_STEPS = 5_000_000
@@ -269,7 +275,7 @@ def solve_stepmap_params(params_list: list[FluidParams], tables: ClassTables, fl
     end = max(float(r["t1"][-1]) if len(r["t1"]) else 0.0 for r in runs)
     window = float(params_list[0].lam.shape[0] * float(params_list[0].bin_s))
     end = fluid_cfg.horizon_s if fluid_cfg.horizon_s is not None else max(end, window)
-    dt = dt_out_s or getattr(fluid_cfg, "dt_out_s", None) or float(min(1.0, max(0.01, window / 2000.0)))
+    dt = dt_out_s or output_spacing(window, fluid_cfg)
     ts = np.arange(0.0, end + dt, dt)
     grids = [on_grid(r, p, ts) for r, p in zip(runs, params_list)]
     cols = {c: np.sum([g[c] for g in grids], axis=0) for c in grids[0] if c != "time"}
