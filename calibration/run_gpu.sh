@@ -57,9 +57,9 @@ $PY -m fluidserve.calibration.profiler --backend torch --model Llama-3.1-8B --mo
   > "$OUT/${PREFIX}_profile_summary.json" 2>> "$LOG"
 echo "rc=$?" >> "$LOG"
 cat "$OUT/${PREFIX}_check.json" "$OUT/${PREFIX}_power_overhead.json" >> "$LOG"
-$PY - "$OUT" <<'PYEOF' 2>&1 | tee -a "$LOG"
+$PY - "$OUT/${PREFIX}_llama31_8b_profile.csv" <<'PYEOF' 2>&1 | tee -a "$LOG"
 import sys, pandas as pd
-df = pd.read_csv(sys.argv[1] + "/${PREFIX}_llama31_8b_profile.csv")
+df = pd.read_csv(sys.argv[1])
 with pd.option_context("display.width", 200, "display.max_rows", 200):
     print(df[["phase", "batch_size", "prefill_tokens", "context_tokens", "time_ms", "energy_j", "avg_power_w", "sm_clock_mhz", "reps"]].to_string(index=False))
 PYEOF

@@ -219,6 +219,21 @@ def test_real_h100_decode_profile_mape_within_5_percent():
     assert 131072 / 3.35e12 / 0.95 < four.coef_s["d2_kv_s"] < 131072 / 3.35e12 / 0.6
 
 
+H200_PROFILE = REAL_PROFILE.parent / "h200_llama31_8b_profile.csv"
+
+
+@pytest.mark.skipif(not H200_PROFILE.is_file(), reason="H200 profile not present")
+def test_real_h200_decode_profile():
+    # measured 2026-12-01 (calibration/run_gpu.sh): four-coefficient MAPE 2.24%, two-parameter 18.2%
+    df = select_phase(read_profile(H200_PROFILE), "decode")
+    four, two = fit_batch_time(df, "four"), fit_batch_time(df, "two")
+    assert four.mape <= 0.05
+    assert two.mape > 5 * four.mape
+    assert 4e-3 < four.coef_s["d0_s"] < 7e-3  # 15.0 GB of weights over 4.8 TB/s is 3.1 ms at peak
+    # KV term: 128 KiB per token read at 50-95% of 4.8 TB/s
+    assert 131072 / 4.8e12 / 0.95 < four.coef_s["d2_kv_s"] < 131072 / 4.8e12 / 0.5
+
+
 def test_large_noisy_profile_is_unbiased():
     # 1/measured weights would bias every coefficient low by ~noise^2 (0.25% here), more than
     # these CIs are wide; the reweighted fit keeps the truth inside them
