@@ -57,6 +57,9 @@ def why_not(sweep, points=None) -> str | None:
     bad = [f for f in sweep.fields if not all(_numeric(p.params[f]) for p in points)]
     if bad:
         return f"axis '{bad[0]}' has non-numeric values"
+    other = sorted({p.config.fluid.backend for p in points} - {"scipy", "jax"})
+    if other:  # the fast path integrates the ODE: it must not stand in for another model
+        return f"fluid.backend is '{other[0]}' (the vmap path integrates the ODE only)"
     if any(p.config.cluster.replicas != 1 for p in points):
         return "points with several replicas"
     sections = {json.dumps(p.config.fluid.model_dump(), sort_keys=True) for p in points}

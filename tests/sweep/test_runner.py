@@ -196,3 +196,24 @@ def test_vmap_does_not_apply_to_non_numeric_axes(write_sweep):
                                                            "values": ["swapping", "recompute"]}]))
     assert "non-numeric" in vmap.why_not(sweep)
     assert vmap.plan(sweep, sweep.points) is None
+
+
+def test_vmap_does_not_stand_in_for_other_fluid_backends(write_sweep, tmp_path):
+    from fluidserve.sweep import load_results, run_sweep, vmap
+
+    small = {"workload.num_requests": 120, "fluid.num_classes": 2, "fluid.bin_s": 0.5,
+             "fluid.backend": "quasistatic"}
+    sweep = load_sweep(write_sweep(engines="fluid", set=small))
+    assert "quasistatic" in vmap.why_not(sweep)
+    report = run_sweep(sweep, tmp_path / "out", progress=False, use_vmap=True)
+    assert report.vmap_points == 0 and report.computed == len(sweep.points)
+    df = load_results(tmp_path / "out" / sweep.name)
+    # each row is the quasi-static model's own solve of that point
+    from fluidserve import fluid
+    from fluidserve.sweep.metrics import fluid_metrics
+    from fluidserve.workload import make_workload
+
+    p = sweep.points[0]
+    want = fluid_metrics(fluid.solve(p.config, make_workload(p.config)))
+    got = df.set_index("point_id").loc[p.point_id]
+    assert got["mean_e2e_s"] == pytest.approx(want["mean_e2e_s"], rel=1e-12)
