@@ -61,18 +61,15 @@ def bin_mix(workload, cfg, bin_s: float, pooled: bool = False, num_classes: int 
     nb = max(1, int(np.ceil((t.max() + 1e-12) / bin_s)))
     b = np.minimum((t // bin_s).astype(np.int64), nb - 1)
     count = np.bincount(b, minlength=nb).astype(float)
+    # empty bins take the last mix (the first bins, before any arrival, the first mix)
+    last = np.maximum.accumulate(np.where(count > 0, np.arange(nb), -1))
+    fill = np.where(last < 0, np.argmax(count > 0), last)
 
     def mean(x):
         if pooled:
             return np.full(nb, float(np.mean(x)))
-        tot = np.bincount(b, weights=x.astype(float), minlength=nb)
         with np.errstate(invalid="ignore", divide="ignore"):
-            m = tot / count
-        # empty bins: carry the last mix forward (the first bins: the first mix backward)
-        idx = np.where(count > 0, np.arange(nb), -1)
-        idx = np.maximum.accumulate(idx)
-        idx = np.where(idx < 0, np.argmax(count > 0), idx)
-        return m[idx]
+            return (np.bincount(b, weights=x.astype(float), minlength=nb) / count)[fill]
 
     Kr = D * P + D * (D - 1) / 2.0
     Kb = _memory_steps(P, D, s.block_size).astype(float)
@@ -82,10 +79,7 @@ def bin_mix(workload, cfg, bin_s: float, pooled: bool = False, num_classes: int 
     K = len(edges) - 1
     n_bk = np.zeros((nb, K))
     np.add.at(n_bk, (b, cls), 1.0)
-    frac = n_bk.sum(0) / n_bk.sum() if pooled else n_bk / np.maximum(count, 1.0)[:, None]
-    if not pooled:  # empty bins: the last mix
-        idx = np.maximum.accumulate(np.where(count > 0, np.arange(nb), -1))
-        frac = frac[np.where(idx < 0, np.argmax(count > 0), idx)]
+    frac = n_bk.sum(0) / n_bk.sum() if pooled else (n_bk / np.maximum(count, 1.0)[:, None])[fill]
     n_k = np.bincount(cls, minlength=K).astype(float)
     return {
         "count": count, "P": mean(P), "D": mean(D), "K": mean(Kr), "Kb": mean(Kb), "rejected": int((~ok).sum()),
@@ -231,7 +225,8 @@ def solve_quasistatic(cfg, workload, batch_time=None, dt_out_s: float | None = N
         if key not in cache:
             cache[key] = _replica(mix, float(sh), bt, cfg, bin_s)
         segs.append(cache[key])
-    end = max(float(sg["t1"][-1] + (PREFILL_OFFSET_STEPS + mix["class_D"].max()) * sg["tau"][-1]) for sg in segs)
+    # the last completion: every segment's last cohort leaves (1.5 + D) of its own steps later
+    end = max(float(np.max(sg["t1"] + (PREFILL_OFFSET_STEPS + mix["class_D"].max()) * sg["tau"])) for sg in segs)
     if cfg.fluid.horizon_s is not None:
         end = float(cfg.fluid.horizon_s)
     dt = dt_out_s or output_spacing(len(mix["count"]) * bin_s, cfg.fluid)

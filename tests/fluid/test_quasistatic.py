@@ -57,6 +57,8 @@ def test_memory_bound_overload_serves_at_x_max_and_queues():
     lam = mix["count"][0] / 30.0
     assert mid["waiting"] == pytest.approx((lam - x_max) * 15.0, rel=1e-9)
     assert mid["kv_memory_tokens"] == pytest.approx(s.M_total, rel=0.02)  # memory is the binding limit
+    # the series run until the last cohort (admitted at the longer capacity-bound step) has left
+    assert res["completed"][-1] == pytest.approx(mix["count"].sum(), rel=1e-9)
 
 
 def test_against_the_simulator_on_the_azure_replay():
