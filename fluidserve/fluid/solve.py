@@ -122,6 +122,45 @@ def _virtual_wait(ts, lam_total_cum, admitted_cum) -> np.ndarray:
     return np.maximum(0.0, np.interp(lam_total_cum, a, ts) - ts)
 
 
+def summarize(raw: dict, tables: ClassTables, meta: dict) -> tuple[dict, dict]:
+    """Scalar summary and per-class delays (eq. 16) of the (cluster-summed) raw series.
+
+    Returns (summary, per_class) where per_class holds arrays over classes: admitted,
+    completed, mean_waiting_s, mean_ttft_s, mean_e2e_s. Used by :func:`assemble` and, without
+    building a FluidResult, by the sweeps' vmap path.
+    """
+    ts = raw["time"]
+    tau = raw["step_time_s"]
+    lam = raw["arrival_rate"]
+    weight = np.trapezoid(lam, ts)
+    tau_bar = float(np.trapezoid(lam * tau, ts) / weight) if weight > 0 else float(tau[0])
+    A_end, C_end = raw["_A"][-1], raw["_C"][-1]
+    safe = np.where(A_end > 0, A_end, 1.0)
+    per_class = {
+        "admitted": A_end, "completed": C_end,
+        "mean_waiting_s": raw["_IW"][-1] / safe + 0.5 * tau_bar,
+        "mean_ttft_s": raw["_IT"][-1] / safe + 1.5 * tau_bar,
+        "mean_e2e_s": raw["_IS"][-1] / safe + 1.5 * tau_bar,
+    }
+    wsum = A_end.sum() if A_end.sum() > 0 else 1.0
+    summary = dict(meta)
+    summary.update(
+        {
+            "horizon_s": float(ts[-1]),
+            "admitted": float(A_end.sum()),
+            "completed": float(C_end.sum()),
+            "mean_step_time_s": tau_bar,
+            **{k: float((A_end * per_class[k]).sum() / wsum) for k in ("mean_waiting_s", "mean_ttft_s", "mean_e2e_s")},
+            **{f"peak_{k}": float(np.max(raw[k])) for k in ("waiting", "running", "swapped", "kv_memory_tokens")},
+            "rejected": tables.rejected,
+            "num_classes": tables.num_classes,
+            "stage_width": tables.stage_width,
+            "num_stages": tables.num_stages,
+        }
+    )
+    return summary, per_class
+
+
 def assemble(raw: dict, params_list: list[FluidParams], tables: ClassTables, meta: dict) -> FluidResult:
     """Turn the (cluster-summed) raw series into a FluidResult."""
     ts = raw["time"]
@@ -136,16 +175,7 @@ def assemble(raw: dict, params_list: list[FluidParams], tables: ClassTables, met
     cols["completed"] = raw["_C"].sum(-1)
     cols["virtual_waiting_s"] = _virtual_wait(ts, lam_cum, A_tot) + 0.5 * raw["step_time_s"]
     series = pd.DataFrame(cols)[SERIES_COLUMNS]
-
-    tau = raw["step_time_s"]
-    lam = raw["arrival_rate"]
-    weight = np.trapezoid(lam, ts)
-    tau_bar = float(np.trapezoid(lam * tau, ts) / weight) if weight > 0 else float(tau[0])
-    A_end, C_end = raw["_A"][-1], raw["_C"][-1]
-    safe = np.where(A_end > 0, A_end, 1.0)
-    mean_wait = raw["_IW"][-1] / safe + 0.5 * tau_bar
-    mean_ttft = raw["_IT"][-1] / safe + 1.5 * tau_bar
-    mean_e2e = raw["_IS"][-1] / safe + 1.5 * tau_bar
+    summary, per_class = summarize(raw, tables, meta)
     edges = tables.d_edges
     classes = pd.DataFrame(
         {
@@ -155,32 +185,7 @@ def assemble(raw: dict, params_list: list[FluidParams], tables: ClassTables, met
             "share": tables.share,
             "mean_prefill_tokens": tables.mean_prefill_tokens,
             "mean_decode_tokens": tables.mean_decode_tokens,
-            "admitted": A_end,
-            "completed": C_end,
-            "mean_waiting_s": mean_wait,
-            "mean_ttft_s": mean_ttft,
-            "mean_e2e_s": mean_e2e,
-        }
-    )
-    wsum = A_end.sum() if A_end.sum() > 0 else 1.0
-    summary = dict(meta)
-    summary.update(
-        {
-            "horizon_s": float(ts[-1]),
-            "admitted": float(A_end.sum()),
-            "completed": float(C_end.sum()),
-            "mean_step_time_s": tau_bar,
-            "mean_waiting_s": float((A_end * mean_wait).sum() / wsum),
-            "mean_ttft_s": float((A_end * mean_ttft).sum() / wsum),
-            "mean_e2e_s": float((A_end * mean_e2e).sum() / wsum),
-            "peak_waiting": float(series["waiting"].max()),
-            "peak_running": float(series["running"].max()),
-            "peak_swapped": float(series["swapped"].max()),
-            "peak_kv_memory_tokens": float(series["kv_memory_tokens"].max()),
-            "rejected": tables.rejected,
-            "num_classes": tables.num_classes,
-            "stage_width": tables.stage_width,
-            "num_stages": tables.num_stages,
+            **per_class,
         }
     )
     return FluidResult(series, raw["_class_waiting"].T, raw["_class_running"].T, classes, summary)

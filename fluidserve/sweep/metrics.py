@@ -64,12 +64,13 @@ def sim_metrics(result, first_arrival_s: float) -> dict[str, float]:
 
 
 def fluid_metrics(result) -> dict[str, float]:
-    """Metrics of a :class:`~fluidserve.fluid.FluidResult`."""
+    """Metrics of a :class:`~fluidserve.fluid.FluidResult` (or anything with its ``summary`` and
+    ``series`` time, arrival_rate and throughput_rps columns)."""
     s = result.summary
-    series = result.series
-    t = series["time"].to_numpy(float)
-    arrivals = series["arrival_rate"].to_numpy(float)
-    thr = series["throughput_rps"].to_numpy(float)
+    series = result.series  # a DataFrame, or any mapping of column -> array
+    t = np.asarray(series["time"], dtype=float)
+    arrivals = np.asarray(series["arrival_rate"], dtype=float)
+    thr = np.asarray(series["throughput_rps"], dtype=float)
     done = np.concatenate([[0.0], np.cumsum(0.5 * (thr[1:] + thr[:-1]) * np.diff(t))])
     total = float(s["completed"])
     first = float(t[np.argmax(arrivals > 0)]) if np.any(arrivals > 0) else 0.0

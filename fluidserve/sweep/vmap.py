@@ -149,9 +149,13 @@ def _segment_solver(rtol: float, atol: float, nbins: int, max_steps: int = 1_000
 
 
 def _post(fp, tables, ts: np.ndarray, ys: np.ndarray, meta: dict):
-    from fluidserve.fluid.solve import assemble, derived
+    """The metrics' inputs of one point: the solve's own ``derived`` and ``summarize`` (no DataFrames)."""
+    from types import SimpleNamespace
 
-    return assemble(derived(ts, ys, fp), [fp], tables, meta)
+    from fluidserve.fluid.solve import derived, summarize
+
+    raw = derived(ts, ys, fp)
+    return SimpleNamespace(summary=summarize(raw, tables, meta)[0], series=raw)
 
 
 def run(plan: VmapPlan, batch: int = 1024, progress: bool = True) -> Iterator[list[dict]]:
