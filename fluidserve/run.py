@@ -102,7 +102,8 @@ def _run_fluid(cfg, workload, result, exp_dir: Path, figures: bool) -> dict:
 
         save_figure(compare.fluid_vs_sim_figure(fres, result), exp_dir / "fluid_vs_sim")
     log(f"fluid model: solved in {solve_s:.3f} s")
-    lines = ["", f"fluid model (solved in {solve_s:.2f} s); trajectories vs the simulator (scale n = 1):",
+    backend = fres.summary.get("backend", cfg.fluid.backend)
+    lines = ["", f"fluid model ({backend}, solved in {solve_s:.2f} s); trajectories vs the simulator (scale n = 1):",
              f"  {'':<18} {'sup |sim-fluid|':>16} {'sim peak':>12} {'fluid peak':>12}"]
     for key in ("waiting", "running", "swapped", "kv_memory_tokens"):
         err, norm = dist.get(f"sup_err_{key}"), dist.get(f"norm_{key}")
@@ -116,7 +117,7 @@ def _run_fluid(cfg, workload, result, exp_dir: Path, figures: bool) -> dict:
             lines.append(f"  {key + ' rel. error':<18} {dist[f'{key}_rel_err']:8.3f}")
     with open(exp_dir / "summary.txt", "a") as fh:
         fh.write("\n".join(lines) + "\n")
-    return {"status": "ok", "solve_time_s": solve_s, "distance": dist}
+    return {"status": "ok", "backend": backend, "solve_time_s": solve_s, "distance": dist}
 
 
 def _json_default(obj):
