@@ -168,6 +168,7 @@ def _on_grid(seg: dict, mix: dict, ts: np.ndarray, bin_s: float, d0_s: float) ->
     kv_ctx = np.zeros_like(ts)
     completed = np.zeros_like(ts)
     class_running = []
+
     def delayed(cum, steps):
         """Cumulative admissions shifted by ``steps`` step times of the segment they were admitted in."""
         shift = steps * seg["tau"]
@@ -201,8 +202,8 @@ def solve_quasistatic(cfg, workload, batch_time=None, dt_out_s: float | None = N
     """Solve the quasi-static fluid model of ``workload`` under ``cfg`` (see the module docstring).
 
     Args:
-        cfg: validated Config (``fluid.bin_s`` sets the bins; ``fluid.stages`` and
-            ``fluid.num_classes`` are not used: each bin keeps its own mean request).
+        cfg: validated Config (``fluid.bin_s`` sets the bins, ``fluid.num_classes`` the decode-length
+            classes of the sojourn lag; ``fluid.stages`` is not used).
         workload: the requests (rejected ones, by the engine's rule, are counted and removed).
         batch_time: override of ``cfg.batch_time_model()``.
         dt_out_s: output spacing [s]; default :func:`solve.output_spacing` (as the ODE).
