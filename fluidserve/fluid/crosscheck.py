@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["scipy", "jax", "stepmap", "quasistatic"],
                         help="fluid backend (default: the config's); stepmap = the exact discrete-time limit")
     parser.add_argument("--dt-out", type=float, default=0.01, help="fluid output spacing [s] (default 0.01)")
-    parser.add_argument("--output-dir", default="results/crosscheck", help="where tables and figures go")
+    parser.add_argument("--output-dir", help="where tables and figures go (default: <config output_dir>/crosscheck)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--no-figures", action="store_true")
 
@@ -167,7 +167,7 @@ def main(args: argparse.Namespace) -> int:
     for name in names:
         if name not in SCENARIOS:
             raise InputError(f"--scenarios: unknown scenario {name!r}; choose from: {', '.join(SCENARIOS)}")
-    out_dir = Path(args.output_dir)
+    out_dir = Path(args.output_dir) if args.output_dir else Path(cfg.output_dir) / "crosscheck"
     out_dir.mkdir(parents=True, exist_ok=True)
     all_rows = []
     partial = out_dir / "crosscheck.csv"
