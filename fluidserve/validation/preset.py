@@ -1,0 +1,82 @@
+"""Serving presets: the hardware-level efficiencies of a GPU under vLLM, fitted on real runs.
+
+A preset holds :class:`fluidserve.calibration.roofline.Efficiency` (fractions of datasheet peaks,
+per-step / per-layer / per-all-reduce overheads) plus ``request_overhead_s``, the serving stack's
+fixed cost per request outside the engine steps (HTTP, tokenization, detokenization, streaming),
+added to TTFT and E2E. Because none of these depend on the model, one preset predicts any model
+on that GPU: :meth:`ServingPreset.batch_time` derives the model's :class:`BatchTimeModel`.
+
+``fluidserve/data/vllm_presets/<GPU>.yaml`` are the shipped presets (``calibrate from-runs``
+wrote them; their ``provenance`` names the runs and the fit); :func:`default_preset` picks the
+GPU's, else the roofline defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fluidserve import specs
+from fluidserve.batch_time import BatchTimeModel
+from fluidserve.calibration.roofline import Efficiency, predict
+from fluidserve.errors import InputError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "data" / "vllm_presets"
+
+
+@dataclass(frozen=True)
+class ServingPreset:
+    """Efficiencies of a GPU under a serving stack, and where they come from."""
+
+    gpu: str
+    efficiency: Efficiency = Efficiency()
+    request_overhead_s: float = 0.0
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def batch_time(self, model: str | specs.ModelSpec, tensor_parallel: int = 1) -> BatchTimeModel:
+        """The step-time model of ``model`` on ``tensor_parallel`` of this GPU."""
+        return predict(self.gpu, model, tensor_parallel, self.efficiency).batch_time
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gpu": self.gpu, "efficiency": asdict(self.efficiency),
+                "request_overhead_s": self.request_overhead_s, "provenance": self.provenance}
+
+    def write(self, path: str | Path) -> Path:
+        import yaml
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+
+def read_preset(path: str | Path, gpu: str | None = None) -> ServingPreset:
+    """Read a serving preset YAML (``calibrate from-runs --out``)."""
+    from fluidserve.yamlio import read_yaml
+
+    data = read_yaml(path, "serving preset")
+    if not isinstance(data, dict) or "efficiency" not in data:
+        raise InputError(f"{path}: not a serving preset (no 'efficiency' mapping); batch-time presets "
+                         "(d0_s, ...) describe one model only")
+    known = {f.name for f in fields(Efficiency)}
+    eff = data["efficiency"] or {}
+    bad = sorted(set(eff) - known)
+    if bad:
+        raise InputError(f"{path}: unknown efficiency field(s) {', '.join(bad)} (known: {', '.join(sorted(known))})")
+    try:
+        efficiency = Efficiency(**{k: float(v) for k, v in eff.items()})
+        overhead = float(data.get("request_overhead_s", 0.0))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: efficiency fields must be numbers ({exc})") from None
+    return ServingPreset(gpu=specs.gpu(gpu or data.get("gpu")).name, efficiency=efficiency,
+                         request_overhead_s=overhead, provenance=data.get("provenance") or {})
+
+
+def default_preset(gpu: str) -> ServingPreset:
+    """The shipped vLLM preset of ``gpu`` if there is one, else the roofline's default efficiencies."""
+    name = specs.gpu(gpu).name
+    path = PRESET_DIR / f"{name}.yaml"
+    if path.is_file():
+        return read_preset(path, name)
+    return ServingPreset(gpu=name, provenance={"kind": "roofline defaults (no fitted preset for this GPU)"})
