@@ -8,7 +8,7 @@ For a model on ``tp`` GPUs (each GPU holds 1/tp of the weights and of the KV hea
     d1_prefill_s = 2 * stack_params / tp / (peak_flops * eff.compute) + all_reduce_per_token_s
     d1_decode_s  = eff.decode_compute_exposed * 2 * (stack_params + lm_head_params) / tp
                    / (peak_flops * eff.compute) + all_reduce_per_token_s
-    d2_kv_s      = kv_bytes_per_token(per GPU) / (bandwidth * eff.memory)
+    d2_kv_s      = kv_bytes_per_token(per GPU) / (bandwidth * (eff.kv_memory or eff.memory))
     d3_prefill_attn_s = 2 * layers * heads * head_dim / tp / (peak_flops * eff.compute)
     moe_expert_s = layers * expert_params * dtype_bytes / tp / (bandwidth * eff.memory)  (MoE only)
 
@@ -41,6 +41,8 @@ Efficiency defaults (:class:`Efficiency`) and where they come from:
   open-source-ai.tech's glossary); on this project's H100 profile
   (``calibration/data/h100_llama31_8b_profile.csv``) the decode-only fit's d2_kv_s implies about 0.78 of
   3.35 TB/s for KV reads.
+* ``kv_memory = None`` (same as ``memory``): the bandwidth fraction that decode attention's
+  paged KV reads reach, which can differ from streaming the weights (many small blocks).
 * ``compute = 0.60``: prefill GEMM model-FLOPs utilisation; the H100 profile's 4096-token
   prefill runs at about 52% of 989 TFLOP/s including attention
   (:func:`step_flops_and_bytes`).
@@ -89,9 +91,10 @@ class Efficiency:
     layer_overhead_s: float = 25e-6
     all_reduce_latency_s: float = 10e-6
     tp_step_overhead_s: float = 0.0
+    kv_memory: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("memory", "compute", "interconnect"):
+        for name in ("memory", "compute", "interconnect") + (("kv_memory",) if self.kv_memory is not None else ()):
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise InputError(f"efficiency.{name} must be in (0, 1], got {value!r}")
@@ -169,7 +172,7 @@ def predict(
         d0_s=weights_gpu / bandwidth + eff.step_overhead_s + m.layers * eff.layer_overhead_s + ar_fixed_s,
         d1_prefill_s=prefill_flops / flops_rate + ar_token_s,
         d1_decode_s=eff.decode_compute_exposed * decode_flops / flops_rate + ar_token_s,
-        d2_kv_s=kv_per_gpu / bandwidth,
+        d2_kv_s=kv_per_gpu / (g.mem_bandwidth_Bps * (eff.kv_memory or eff.memory)),
         d3_prefill_attn_s=2.0 * m.layers * m.heads * m.head_dim / tp / flops_rate,
         **moe,
     )

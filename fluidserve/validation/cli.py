@@ -85,10 +85,11 @@ def predict_all(runs: Sequence[Run], models: Sequence[specs.ModelSpec], gpu: str
     out = []
     for i, (run, m) in enumerate(zip(runs, models)):
         if isinstance(preset, ServingPreset):
-            bt, overhead = preset.batch_time(m, run.tensor_parallel), preset.request_overhead_s
+            bt, overhead, lag = preset.batch_time(m, run.tensor_parallel), preset.request_overhead_s, \
+                preset.first_token_lag_steps
         else:
-            bt, overhead = preset, 0.0
-        out.append(predict_run(run, gpu, m, bt, overhead, seed, None if reqs is None else reqs[i]))
+            bt, overhead, lag = preset, 0.0, 0.0
+        out.append(predict_run(run, gpu, m, bt, overhead, seed, None if reqs is None else reqs[i], lag))
     return out
 
 

@@ -3,7 +3,9 @@
 A preset holds :class:`fluidserve.calibration.roofline.Efficiency` (fractions of datasheet peaks,
 per-step / per-layer / per-all-reduce overheads) plus ``request_overhead_s``, the serving stack's
 fixed cost per request outside the engine steps (HTTP, tokenization, detokenization, streaming),
-added to TTFT and E2E. Because none of these depend on the model, one preset predicts any model
+added to TTFT and E2E, and ``first_token_lag_steps``, how many engine steps after the prefill step
+the first streamed text reaches the client (vLLM's incremental detokenizer holds back text until
+it decodes to whole characters; the engine core picks up new requests between steps). Because none of these depend on the model, one preset predicts any model
 on that GPU: :meth:`ServingPreset.batch_time` derives the model's :class:`BatchTimeModel`.
 
 ``fluidserve/data/vllm_presets/<GPU>.yaml`` are the shipped presets (``calibrate from-runs``
@@ -32,6 +34,7 @@ class ServingPreset:
     gpu: str
     efficiency: Efficiency = Efficiency()
     request_overhead_s: float = 0.0
+    first_token_lag_steps: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def batch_time(self, model: str | specs.ModelSpec, tensor_parallel: int = 1) -> BatchTimeModel:
@@ -40,7 +43,8 @@ class ServingPreset:
 
     def to_dict(self) -> dict[str, Any]:
         return {"gpu": self.gpu, "efficiency": asdict(self.efficiency),
-                "request_overhead_s": self.request_overhead_s, "provenance": self.provenance}
+                "request_overhead_s": self.request_overhead_s, "first_token_lag_steps": self.first_token_lag_steps,
+                "provenance": self.provenance}
 
     def write(self, path: str | Path) -> Path:
         import yaml
@@ -67,10 +71,12 @@ def read_preset(path: str | Path, gpu: str | None = None) -> ServingPreset:
     try:
         efficiency = Efficiency(**{k: float(v) for k, v in eff.items()})
         overhead = float(data.get("request_overhead_s", 0.0))
+        lag = float(data.get("first_token_lag_steps", 0.0))
     except (TypeError, ValueError) as exc:
         raise InputError(f"{path}: efficiency fields must be numbers ({exc})") from None
     return ServingPreset(gpu=specs.gpu(gpu or data.get("gpu")).name, efficiency=efficiency,
-                         request_overhead_s=overhead, provenance=data.get("provenance") or {})
+                         request_overhead_s=overhead, first_token_lag_steps=lag,
+                         provenance=data.get("provenance") or {})
 
 
 def default_preset(gpu: str) -> ServingPreset:

@@ -61,8 +61,11 @@ def _arrivals(rate: float, duration_s: float, kind: str, rng: np.random.Generato
     return np.cumsum(gaps) - gaps[0]
 
 
-def build_requests(run: Run, seed: int = 0) -> Requests:
-    """The requests ``run`` sent, with their prefix-cache hits (see the module docstring)."""
+def build_requests(run: Run, seed: int = 0, max_stage_s: float | None = None) -> Requests:
+    """The requests ``run`` sent, with their prefix-cache hits (see the module docstring).
+
+    ``max_stage_s``: keep only the first ``max_stage_s`` seconds of each stage's arrivals.
+    """
     rng = np.random.default_rng(seed)
     arr, prompt, out, stage_of, starts = [], [], [], [], []
     t0 = 0.0
@@ -70,12 +73,16 @@ def build_requests(run: Run, seed: int = 0) -> Requests:
     for st in run.stages:
         n = len(st.input_lens) if st.input_lens is not None else None
         a = _arrivals(st.rate, st.duration_s, st.arrivals, rng, n, st.burstiness)
+        if max_stage_s is not None and len(a) > 1:
+            a = a[a < max_stage_s]
         if len(a) == 0:
             raise InputError(f"{run.name}: stage {st.index} sends no requests (rate {st.rate}, {st.duration_s} s)")
         starts.append(t0)
         arr.append(a + t0)
         if st.input_lens is not None:
             prompt.append(np.asarray(st.input_lens[: len(a)], dtype=np.int64))
+            if len(prompt[-1]) < len(a):
+                raise InputError(f"{run.name}: {len(a)} requests but {len(prompt[-1])} input lengths")
         else:
             if not np.isfinite(st.prompt_len_mean):
                 raise InputError(f"{run.name}: stage {st.index} has no measured prompt length")
@@ -124,7 +131,7 @@ def sim_config(run: Run, gpu: str, model: specs.ModelSpec, batch_time: BatchTime
             "kv_bytes_per_token": specs.kv_bytes_per_token(model, tensor_parallel=run.tensor_parallel),
         },
         "batch_time": bt,
-        "sim": {"record_events": False, "snapshot_every": 10**9},
+        "sim": {"record_events": False, "snapshot_every": 1},
     }
 
 
@@ -145,20 +152,37 @@ def simulate_requests(run: Run, gpu: str, model: specs.ModelSpec, batch_time: Ba
     bt = replace(batch_time, d1_decode_s=batch_time.d1_decode_s + batch_time.d2_kv_s * ss_cached)
     cfg = config_from_dict(sim_config(run, gpu, model, bt), f"replay of {run.name}")
     # the decode's (P + g) context counts the uncached prompt only; bt above adds the cached part
-    wl = Workload(reqs.arrival_s[keep], uncached[keep], reqs.output_tokens[keep], name=run.name)
-    res = simulate(cfg, wl).requests
+    # vLLM samples output token 1 in the prefill step, so D output tokens take D - 1 decode steps;
+    # the current engine runs ``decode_length`` iterations after the prefill and stamps the first
+    # token at the end of the first of them: give it D - 1 and read the first token off the end of
+    # the step before (the prefill step)
+    wl = Workload(reqs.arrival_s[keep], uncached[keep], np.maximum(reqs.output_tokens[keep] - 1, 1), name=run.name)
+    sim = simulate(cfg, wl)
+    res = sim.requests
+    snaps = sim.snapshots
+    step_start = snaps["time"].to_numpy()
+    step_end = step_start + snaps["batch_duration"].to_numpy()
+    ft = res["first_token_time"].to_numpy()
+    pos = np.clip(np.searchsorted(step_end, ft - 1e-12), 0, len(step_end) - 1)
+    first_vllm = np.where(np.isfinite(ft), step_start[pos], np.nan)
     first = np.full(len(keep), np.nan)
     comp = np.full(len(keep), np.nan)
     idx = np.flatnonzero(keep)[res["req_id"].to_numpy()]
-    first[idx] = res["first_token_time"].to_numpy()
+    first[idx] = first_vllm
     comp[idx] = res["completion_time"].to_numpy()
     return first, comp
 
 
 def stage_metrics(run: Run, reqs: Requests, first: np.ndarray, comp: np.ndarray,
-                  overhead_s: float = 0.0) -> list[dict]:
-    """Predicted metrics per stage (inference-perf definitions, see the module docstring)."""
+                  overhead_s: float = 0.0, first_token_lag_steps: float = 0.0) -> list[dict]:
+    """Predicted metrics per stage (inference-perf definitions, see the module docstring).
+
+    ``overhead_s`` is added to TTFT and E2E; the first streamed text reaches the client
+    ``first_token_lag_steps`` of the request's mean decode steps after its prefill step.
+    """
     out = []
+    step_s = np.where(reqs.output_tokens > 1, (comp - first) / np.maximum(reqs.output_tokens - 1, 1), 0.0)
+    first = first + first_token_lag_steps * step_s
     e2e_all = comp - reqs.arrival_s + overhead_s
     ttft_all = first - reqs.arrival_s + overhead_s
     for st in run.stages:
@@ -194,8 +218,9 @@ def stage_metrics(run: Run, reqs: Requests, first: np.ndarray, comp: np.ndarray,
 
 
 def predict_run(run: Run, gpu: str, model: specs.ModelSpec, batch_time: BatchTimeModel,
-                overhead_s: float = 0.0, seed: int = 0, reqs: Requests | None = None) -> list[dict]:
+                overhead_s: float = 0.0, seed: int = 0, reqs: Requests | None = None,
+                first_token_lag_steps: float = 0.0) -> list[dict]:
     """Simulate ``run`` with ``batch_time`` and return the predicted metrics of each stage."""
     reqs = reqs if reqs is not None else build_requests(run, seed)
     first, comp = simulate_requests(run, gpu, model, batch_time, reqs)
-    return stage_metrics(run, reqs, first, comp, overhead_s)
+    return stage_metrics(run, reqs, first, comp, overhead_s, first_token_lag_steps)
