@@ -73,7 +73,10 @@ def fit_efficiencies(runs: Sequence[Run], models: Sequence[specs.ModelSpec], gpu
     """
     from scipy.optimize import least_squares
 
-    base = base or ServingPreset(gpu=gpu)
+    if base is None:
+        from fluidserve.validation.preset import vllm_start_preset
+
+        base = vllm_start_preset(gpu)
     unknown = [n for n in names if n not in BOUNDS]
     if unknown:
         raise InputError(f"cannot fit {', '.join(unknown)}; fittable: {', '.join(BOUNDS)}")
@@ -165,7 +168,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated parameters to fit (default {','.join(DEFAULT_FIT)}; "
                         f"fittable: {', '.join(BOUNDS)})")
     parser.add_argument("--start", help="serving preset YAML whose values start the fit and fix the others "
-                        "(default: the roofline's default efficiencies)")
+                        "(default: the roofline's default efficiencies, no per-layer launch gaps (CUDA graphs), "
+                        "5 us all-reduces)")
     parser.add_argument("--output-dir", help="write from_runs.json (fit, residuals) here")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -173,14 +177,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @cli_errors
 def main(args: argparse.Namespace) -> int:
     from fluidserve.validation.cli import load_runs, run_model
-    from fluidserve.validation.preset import read_preset
+    from fluidserve.validation.preset import read_preset, vllm_start_preset
 
     t0 = time.perf_counter()
     gpu = specs.gpu(args.gpu).name
     names = [n.strip() for n in args.fit.split(",") if n.strip()]
     runs = load_runs(args)
     models = [run_model(r, args) for r in runs]
-    base = read_preset(args.start, gpu) if args.start else ServingPreset(gpu=gpu)
+    base = read_preset(args.start, gpu) if args.start else vllm_start_preset(gpu)
     res = fit_efficiencies(runs, models, gpu, names, base, args.seed)
     preset: ServingPreset = res["preset"]
     preset = replace(preset, provenance={

@@ -103,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
     preds = predict_all(runs, models, gpu, preset, args.seed)
     stage_rows = report.rows(runs, preds)
     errs = report.mape(stage_rows)
-    out: dict[str, Any] = {"stages": stage_rows, "mape": errs}
+    out: dict[str, Any] = {"stages": report.json_rows(stage_rows), "mape": errs}
     table = report.format_table(stage_rows)
     if isinstance(preset, ServingPreset):
         src = f"serving preset of {preset.gpu}: {preset.provenance.get('kind', 'fitted')}"

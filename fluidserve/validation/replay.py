@@ -19,7 +19,8 @@ decode attention over the cached prefix per decoding request (``d2_kv_s * cached
 :data:`fluidserve.validation.runs.METRICS` (seconds), with the client's definitions: E2E and TTFT
 from the request's send time, TPOT = (last - first token) / (client timeline entries - 1), ITL the
 mean gap of the pooled timelines, output tokens/s over the stage's window; requests whose E2E
-exceeds the client's timeout count as failures and mark the stage overloaded.
+exceeds the client's timeout count as failures; a stage with failures or a growing queue is
+overloaded (:func:`fluidserve.validation.runs.is_overloaded`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 from fluidserve import specs
 from fluidserve.batch_time import BatchTimeModel
 from fluidserve.errors import InputError
-from fluidserve.validation.runs import METRICS, Run
+from fluidserve.validation.runs import METRICS, Run, is_overloaded
 
 BLOCK_TOKENS = 16  # vLLM's default KV block size (prefix-cache granularity)
 STAGE_GAP_S = 1.0  # inference-perf load.interval between stages
@@ -210,9 +211,10 @@ def stage_metrics(run: Run, reqs: Requests, first: np.ndarray, comp: np.ndarray,
             }
         else:
             pred = {k_: float("nan") for k_ in METRICS}
+        pred["output_len_mean"] = float(reqs.output_tokens[sel].mean())
         pred["requests"] = int(ok.sum())
         pred["failures"] = n_fail
-        pred["overloaded"] = n_fail > 0
+        pred["overloaded"] = is_overloaded(n_fail, pred["ttft_mean"], st.duration_s)
         out.append(pred)
     return out
 

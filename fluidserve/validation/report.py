@@ -27,13 +27,24 @@ def rows(runs: Sequence[Run], predictions: Sequence[list[dict]]) -> list[dict[st
             out.append({"run": run.name, "stage": st.index, "model": run.model,
                         "tensor_parallel": run.tensor_parallel, "rate": st.rate,
                         "predicted": pred, "measured": meas,
-                        "requested_output_len": _requested(run), "measured_output_len_mean": st.output_len_mean,
+                        "requested_output_len": _requested(run, p), "measured_output_len_mean": st.output_len_mean,
                         "client_tokens_per_token": st.client_tokens_per_token})
     return out
 
 
-def _requested(run: Run):
-    return run.shared_prefix.output_len if run.shared_prefix is not None else None
+def json_rows(stage_rows: Sequence[dict]) -> list[dict[str, Any]]:
+    """The rows in the ``validate --json`` contract: run, stage, predicted, measured (plus, inside them,
+    ``overloaded`` and the output lengths: requested tokens predicted, the client's count measured)."""
+    out = []
+    for r in stage_rows:
+        pred = dict(r["predicted"], output_len_mean=r["requested_output_len"])
+        meas = dict(r["measured"], output_len_mean=r["measured_output_len_mean"])
+        out.append({"run": r["run"], "stage": r["stage"], "predicted": pred, "measured": meas})
+    return out
+
+
+def _requested(run: Run, pred: dict):
+    return pred.get("output_len_mean", run.shared_prefix.output_len if run.shared_prefix is not None else None)
 
 
 def ape(pred: float, meas: float) -> float:
@@ -65,7 +76,7 @@ def _fmt(v: float, key: str) -> str:
 def format_table(stage_rows: Sequence[dict], metrics: Sequence[str] = ("e2e_mean", "e2e_p90", "ttft_mean",
                                                                        "tpot_mean", "output_tokens_per_s")) -> str:
     """A text table: per stage, predicted / measured (ms unless marked) and the error."""
-    head = f"{'run':<40} {'st':>2} {'rate':>5}  " + "  ".join(f"{k:>22}" for k in metrics) + "  note"
+    head = f"{'run':<40} {'st':>2} {'rate':>5} {'out len':>9}  " + "  ".join(f"{k:>22}" for k in metrics) + "  note"
     lines = [head, "-" * len(head)]
     for r in stage_rows:
         cells = []
@@ -79,9 +90,12 @@ def format_table(stage_rows: Sequence[dict], metrics: Sequence[str] = ("e2e_mean
             note.append("predicted overloaded" if r["predicted"]["overloaded"] else "NOT predicted overloaded")
         elif r["predicted"]["overloaded"]:
             note.append("predicted overloaded, measured not")
-        lines.append(f"{r['run'][:40]:<40} {r['stage']:>2} {r['rate']:>5g}  " + "  ".join(f"{c:>22}" for c in cells)
+        req, got = r["requested_output_len"], r["measured_output_len_mean"]
+        olen = f"{req:.0f}/{got:.0f}" if req is not None and got is not None else "-"
+        lines.append(f"{r['run'][:40]:<40} {r['stage']:>2} {r['rate']:>5g} {olen:>9}  " + "  ".join(f"{c:>22}" for c in cells)
                      + ("  " + "; ".join(note) if note else ""))
-    lines.append("(ms unless marked s; output tokens/s; predicted/measured and absolute error)")
+    lines.append("(ms unless marked s; output tokens/s; predicted/measured and absolute error; out len: tokens "
+                 "the server generated (requested, ignore_eos) / the client's mean count of the streamed text)")
     return "\n".join(lines)
 
 
@@ -119,6 +133,10 @@ def plot(stage_rows: Sequence[dict], metrics: Sequence[str] = MAIN_METRICS, titl
             ax.set_ylim(lo, hi)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         unit = "tokens/s" if k == "output_tokens_per_s" else "s"
         ax.set_xlabel(f"measured {k} [{unit}]")
         ax.set_ylabel(f"predicted {k} [{unit}]")

@@ -110,3 +110,24 @@ def test_bad_config_json_names_the_key(models_dir, tmp_path):
         specs.model(str(bad))
     with pytest.raises(InputError, match="not found"):
         specs.model(str(tmp_path / "missing.json"))
+
+
+def test_moe_roofline_streams_active_experts(models_dir):
+    """Mixtral on 2 H100s: one decode token streams the published 12.9B active parameters, a large
+    batch all 46.7B (embedding rows aside), at the roofline's bandwidth."""
+    from fluidserve.calibration.roofline import Efficiency, predict
+
+    eff = Efficiency(step_overhead_s=0.0, layer_overhead_s=0.0, all_reduce_latency_s=0.0)
+    pred = predict("H100-SXM", str(models_dir / "Mixtral-8x7B-v0.1"), 2, eff)
+    bt = pred.batch_time
+    assert (bt.moe_num_experts, bt.moe_top_k) == (8, 2)
+    bw = 3.35e12 * eff.memory
+    emb = 32000 * 4096
+
+    def weight_time(tokens):  # the step time without its per-token compute, KV and all-reduce terms
+        return bt.step_time(0, tokens) - tokens * bt.d1_decode_s
+
+    assert weight_time(1) == pytest.approx((12.9e9 - emb) * 2 / 2 / bw, rel=0.01)
+    assert weight_time(4096) == pytest.approx((46.7e9 - emb) * 2 / 2 / bw, rel=0.01)
+    dense = predict("H100-SXM", str(models_dir / "Mistral-7B-v0.1"), 1, eff).batch_time
+    assert dense.moe_expert_s == 0 and dense.step_time(0, 64) == pytest.approx(dense.d0_s + 64 * dense.d1_decode_s)

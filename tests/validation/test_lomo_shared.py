@@ -15,7 +15,7 @@ from fluidserve import specs
 from fluidserve.calibration.from_runs import DEFAULT_FIT, fit_efficiencies
 from fluidserve.validation import report
 from fluidserve.validation.cli import predict_all
-from fluidserve.validation.preset import default_preset, read_preset
+from fluidserve.validation.preset import read_preset, vllm_start_preset
 from fluidserve.validation.runs import read_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +37,7 @@ def _runs_by_model():
 
 def _preset(train, pairs):
     if os.environ.get("FLUIDSERVE_REFIT"):
-        from dataclasses import replace
-
-        base = replace(default_preset("H100-SXM"), provenance={})
+        base = vllm_start_preset("H100-SXM")
         return fit_efficiencies([r for r, _ in pairs], [m for _, m in pairs], "H100-SXM", DEFAULT_FIT, base,
                                 progress=False)["preset"]
     return read_preset(LOMO / f"H100-SXM_fit_on_{train}.yaml")

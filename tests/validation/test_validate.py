@@ -99,7 +99,9 @@ def test_cli_json_shape_and_outputs(tmp_path, capsys):
     data = json.loads(cap.out)
     assert set(data) == {"stages", "mape"}
     row = data["stages"][0]
+    assert set(row) == {"run", "stage", "predicted", "measured"}
     assert row["run"] == RUN.name and row["stage"] == 0
+    assert row["predicted"]["output_len_mean"] == 100 and row["measured"]["output_len_mean"] == 101
     assert set(METRICS) <= set(row["predicted"])
     assert set(METRICS) | {"requests", "failures"} <= set(row["measured"])
     assert data["stages"][1]["predicted"]["overloaded"] and data["stages"][1]["measured"]["overloaded"]
