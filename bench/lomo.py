@@ -21,7 +21,7 @@ from fluidserve import specs
 from fluidserve.calibration.from_runs import DEFAULT_FIT, fit_efficiencies
 from fluidserve.validation import report
 from fluidserve.validation.cli import predict_all
-from fluidserve.validation.preset import default_preset
+from fluidserve.validation.preset import vllm_start_preset
 from fluidserve.validation.runs import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +35,14 @@ def main() -> None:
     args = ap.parse_args()
     data = Path(args.data)
     runs = [read_run(d) for d in sorted(data.glob("2026*")) if d.is_dir()]
+    if not runs:
+        raise SystemExit(f"no runs under {data}; give --data DIR")
     models = [specs.model(r.model, models_dir=data / "model_configs") for r in runs]
     by_model: dict[str, list[int]] = {}
     for i, m in enumerate(models):
         by_model.setdefault(m.name, []).append(i)
-    # start and fixed values: the shipped preset's non-fitted fields (CUDA-graph era overheads)
-    base = replace(default_preset(args.gpu), provenance={})
+    # start and fixed values: the roofline defaults with vLLM's overheads (not the shipped fit)
+    base = vllm_start_preset(args.gpu)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = []

@@ -3,7 +3,8 @@
 The presets in fixtures/lomo/ were fitted by ``bench/lomo.py`` on ONE model's runs each; the
 goals of issue 13 are checked by predicting the OTHER model's runs with them: MAPE over the
 non-overloaded stages of mean E2E <= 10%, mean TTFT <= 20%, mean TPOT <= 10%. Set
-FLUIDSERVE_REFIT=1 to refit the presets here (about a minute) and check those instead.
+FLUIDSERVE_REFIT=1 to refit the presets here (about a minute) and check those instead;
+FLUIDSERVE_SHARED_DATA=DIR points at a shared/data folder elsewhere than ../shared/data.
 """
 
 import os
@@ -19,7 +20,7 @@ from fluidserve.validation.preset import read_preset, vllm_start_preset
 from fluidserve.validation.runs import read_run
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data" / "vllm_h100_runs"
+DATA = Path(os.environ.get("FLUIDSERVE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "vllm_h100_runs"
 LOMO = Path(__file__).parent / "fixtures" / "lomo"
 GOALS = {"e2e_mean": 10.0, "ttft_mean": 20.0, "tpot_mean": 10.0}
 
