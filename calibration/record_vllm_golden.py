@@ -65,6 +65,12 @@ def shared_prefix(n: int, rate: float, num_groups: int, system_prompt_len: int, 
     }
 
 
+def with_priority(cols: dict, levels: int, seed: int) -> dict:
+    """``cols`` plus a uniform random ``priority`` column in 0 .. levels - 1 (lower is served first)."""
+    rng = np.random.default_rng(seed)
+    return {**cols, "priority": rng.integers(0, levels, len(cols["arrival_time"]))}
+
+
 SCENARIOS = {
     "a_light_pc": {
         "what": "light load: first 2,000 Azure conversation requests, H100-sized KV cache, prefix caching on (vLLM default)",
@@ -96,6 +102,20 @@ SCENARIOS = {
                 "8 req/s, 1,200 KV blocks (cached blocks get evicted), prefix caching on",
         "trace": lambda: shared_prefix(800, 8.0, 4, 500, (20, 300), (20, 200), seed=11),
         "num_gpu_blocks": 1200, "max_num_batched_tokens": 2048, "max_num_seqs": 64, "enable_prefix_caching": True,
+    },
+    "e_mixed": {
+        "what": "everything at once: 600 shared-prefix requests (8 system prompts of 300 tokens + 50-1,500 private), "
+                "20 req/s on 700 KV blocks with max_num_batched_tokens=512: chunked prefills, prefix hits and evictions, "
+                "recompute preemptions (also of requests in chunked prefill)",
+        "trace": lambda: shared_prefix(600, 20.0, 8, 300, (50, 1500), (20, 300), seed=12),
+        "num_gpu_blocks": 700, "max_num_batched_tokens": 512, "max_num_seqs": 128, "enable_prefix_caching": True,
+    },
+    "f_priority": {
+        "what": "priority scheduling: 400 Azure requests at 6x the rate with priorities 0-2 on 1,000 KV blocks, "
+                "policy=priority (victim: the largest (priority, arrival)), prefix caching off",
+        "trace": lambda: with_priority(azure(400, rate_scale=6.0, max_prefill=2048, max_decode=400), 3, seed=13),
+        "num_gpu_blocks": 1000, "max_num_batched_tokens": 2048, "max_num_seqs": 256, "enable_prefix_caching": False,
+        "policy": "priority",
     },
 }
 """The recorded scenarios: a trace builder and vLLM's scheduler settings (block size 16)."""
@@ -137,7 +157,7 @@ def main(argv=None) -> int:
             "--trace", str(out / "trace.csv.gz"), "--num-gpu-blocks", str(sc["num_gpu_blocks"]),
             "--max-num-batched-tokens", str(sc["max_num_batched_tokens"]), "--max-num-seqs", str(sc["max_num_seqs"]),
             "--enable-prefix-caching" if sc["enable_prefix_caching"] else "--no-enable-prefix-caching",
-            "--preset", str(REPO / PRESET), "--output-dir", str(out), "--json", "--no-progress",
+            "--policy", sc.get("policy", "fcfs"), "--preset", str(REPO / PRESET), "--output-dir", str(out), "--json", "--no-progress",
         ]
         print(f"recording {name} ...", file=sys.stderr)
         t0 = time.perf_counter()

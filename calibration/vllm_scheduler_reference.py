@@ -139,7 +139,7 @@ REQUEST_COLUMNS = (
 
 # ------------------------------------------------------------------------------ trace
 def read_trace(path: Path) -> list[dict]:
-    """Rows of a trace CSV (arrival_time, prefill_length, decode_length[, prefix_group, prefix_length]).
+    """Rows of a trace CSV (arrival_time, prefill_length, decode_length[, prefix_group, prefix_length, priority]).
 
     Rows are sorted by arrival (stable); request ids are the sorted row indices.
     """
@@ -153,6 +153,7 @@ def read_trace(path: Path) -> list[dict]:
             if need not in cols:
                 raise InputError(f"{path}: missing column {need!r} (has {', '.join(cols)})")
         has_prefix = "prefix_group" in cols and "prefix_length" in cols
+        has_priority = "priority" in cols
         rows = []
         for i, raw in enumerate(reader, start=1):
             raw = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
@@ -162,6 +163,7 @@ def read_trace(path: Path) -> list[dict]:
                 decode = int(raw["decode_length"])
                 group = int(raw["prefix_group"]) if has_prefix and raw["prefix_group"] != "" else -1
                 plen = int(raw["prefix_length"]) if has_prefix and raw["prefix_length"] != "" else 0
+                priority = int(raw["priority"]) if has_priority and raw["priority"] != "" else 0
             except ValueError as exc:
                 raise InputError(f"{path} row {i}: not a number ({exc})") from exc
             if not math.isfinite(arrival) or arrival < 0:
@@ -172,7 +174,8 @@ def read_trace(path: Path) -> list[dict]:
                 raise InputError(f"{path} row {i}: prefix_length {plen} must be in [0, prefill_length={prefill}]")
             if group < 0:
                 plen = 0
-            rows.append({"arrival_s": arrival, "P": prefill, "D": decode, "group": group, "plen": plen})
+            rows.append({"arrival_s": arrival, "P": prefill, "D": decode, "group": group, "plen": plen,
+                         "priority": priority})
     if not rows:
         raise InputError(f"{path}: no requests")
     order = sorted(range(len(rows)), key=lambda j: rows[j]["arrival_s"])
@@ -237,7 +240,8 @@ def model_dir() -> Path:
     return MODEL_DIR
 
 
-def make_scheduler(v, num_gpu_blocks: int, max_num_batched_tokens: int, max_num_seqs: int, enable_prefix_caching: bool):
+def make_scheduler(v, num_gpu_blocks: int, max_num_batched_tokens: int, max_num_seqs: int, enable_prefix_caching: bool,
+                   policy: str = "fcfs"):
     """vLLM's V1 ``Scheduler`` on CPU with one full-attention KV group of ``num_gpu_blocks`` blocks."""
     torch = v["torch"]
     model_config = v["ModelConfig"](
@@ -251,6 +255,7 @@ def make_scheduler(v, num_gpu_blocks: int, max_num_batched_tokens: int, max_num_
         max_model_len=MAX_MODEL_LEN,
         is_encoder_decoder=False,
         enable_chunked_prefill=True,
+        policy=policy,
     )
     vllm_config = v["VllmConfig"](
         model_config=model_config,
@@ -307,7 +312,7 @@ def _step_time_fn(bt: BatchTimeModel):
 
 
 def run(trace: list[dict], bt: BatchTimeModel, num_gpu_blocks: int, max_num_batched_tokens: int, max_num_seqs: int,
-        enable_prefix_caching: bool, max_steps: int = 10_000_000, progress: bool = True):
+        enable_prefix_caching: bool, policy: str = "fcfs", max_steps: int = 10_000_000, progress: bool = True):
     """Replay ``trace`` through vLLM's scheduler; returns (step rows, request rows, summary dict)."""
     v = import_vllm()
     usable = num_gpu_blocks - 1  # BlockPool keeps one null block
@@ -319,7 +324,7 @@ def run(trace: list[dict], bt: BatchTimeModel, num_gpu_blocks: int, max_num_batc
                 f"{usable} of --num-gpu-blocks={num_gpu_blocks} hold KV: vLLM would preempt it forever"
             )
     scheduler, vllm_config, block_hasher = make_scheduler(
-        v, num_gpu_blocks, max_num_batched_tokens, max_num_seqs, enable_prefix_caching
+        v, num_gpu_blocks, max_num_batched_tokens, max_num_seqs, enable_prefix_caching, policy
     )
     Request, SamplingParams, ModelRunnerOutput = v["Request"], v["SamplingParams"], v["ModelRunnerOutput"]
     step_time = _step_time_fn(bt)
@@ -352,11 +357,12 @@ def run(trace: list[dict], bt: BatchTimeModel, num_gpu_blocks: int, max_num_batc
         while nxt < n and trace[nxt]["arrival_s"] <= t:
             r = trace[nxt]
             req = Request(
-                request_id=str(nxt),
+                request_id=f"{nxt:08d}",  # zero-padded: vLLM's priority tie-break compares ids as strings
                 prompt_token_ids=prompt_token_ids(nxt, r),
                 sampling_params=SamplingParams(max_tokens=r["D"], ignore_eos=True),
                 pooling_params=None,
                 arrival_time=r["arrival_s"],
+                priority=r["priority"],
                 block_hasher=block_hasher,
             )
             requests[req.request_id] = req
@@ -398,7 +404,7 @@ def run(trace: list[dict], bt: BatchTimeModel, num_gpu_blocks: int, max_num_batc
             # one sampled token when the request's computed tokens reach its known tokens
             sampled.append([0] if req.num_computed_tokens >= req.num_tokens else [])
         for i in new_ids + resumed_ids:
-            rid = str(i)
+            rid = f"{i:08d}"
             cached = requests[rid].num_computed_tokens - out.num_scheduled_tokens[rid]
             req_rows[i]["cached_tokens_total"] += cached
             if i in new_ids:
@@ -485,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--policy", choices=("fcfs", "priority"), default="fcfs",
+                   help="vLLM's scheduling policy (priority: the trace's priority column, lower first)")
     p.add_argument("--preset", type=Path, default=REPO / "calibration" / "data" / "h100_llama31_8b_preset.yaml",
                    help="BatchTimeModel preset YAML (default: the H100 Llama-3.1-8B fit)")
     p.add_argument("--output-dir", "--out-dir", dest="output_dir", required=True, type=Path)
@@ -506,7 +514,7 @@ def main(argv=None) -> int:
     wall0 = time.perf_counter()
     steps, req_rows, summary = run(
         trace, bt, args.num_gpu_blocks, args.max_num_batched_tokens, args.max_num_seqs,
-        args.enable_prefix_caching, progress=not args.no_progress,
+        args.enable_prefix_caching, args.policy, progress=not args.no_progress,
     )
     summary["wall_s"] = time.perf_counter() - wall0
     summary["trace"] = str(args.trace)

@@ -63,6 +63,7 @@ def load_scenario(name: str) -> dict:
         r["decode_length"] = int(r["decode_length"])
         r["prefix_group"] = int(r.get("prefix_group") or -1)
         r["prefix_length"] = int(r.get("prefix_length") or 0) if r["prefix_group"] >= 0 else 0
+        r["priority"] = int(r.get("priority") or 0)
     return {"trace": trace, "steps": _rows(folder / "steps.csv.gz"), "requests": _rows(folder / "requests.csv.gz")}
 
 
@@ -142,7 +143,7 @@ def make_engine(settings: dict, bt: BatchTimeModel):
             "enable_prefix_caching": sched["enable_prefix_caching"],
         },
         "batch_time": bt.to_dict(),
-        "policy": {"queue_policy": "FCFS"},
+        "policy": {"queue_policy": {"fcfs": "FCFS", "priority": "priority"}[sched["policy"]]},
         "sim": {"record_events": False},
     })
     return engine_from_config(cfg, batch_time=bt)
@@ -151,7 +152,7 @@ def make_engine(settings: dict, bt: BatchTimeModel):
 def replay(engine, trace: list[dict]) -> list:
     """Submit the trace and execute it one step at a time; the StepRecords."""
     handles = [
-        engine.submit(i, r["arrival_time"], r["prefill_length"], r["decode_length"],
+        engine.submit(i, r["arrival_time"], r["prefill_length"], r["decode_length"], priority=r["priority"],
                       prefix_group=r["prefix_group"], prefix_length=r["prefix_length"])
         for i, r in enumerate(trace)
     ]
