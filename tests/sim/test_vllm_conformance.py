@@ -84,8 +84,9 @@ def expected_steps(trace: list[dict], steps: list[dict[str, str]], bt: BatchTime
     """
     step_time = _step_time_fn(bt)
     P = [r["prefill_length"] for r in trace]
-    outputs = [0] * len(trace)
-    decoding: set[int] = set()
+    outputs = [0] * len(trace)  # tokens sampled so far, outside the current decode run
+    joined = [0] * len(trace)  # step at which the request's current decode run began
+    decoding: frozenset[int] = frozenset()
     kv = 0
     t_end = None
     out = []
@@ -93,18 +94,23 @@ def expected_steps(trace: list[dict], steps: list[dict[str, str]], bt: BatchTime
         start = float(row["start_s"]) if row["start_s"] else t_end
         kv += int(row["kv_tokens_delta"])
         if row["decode_removed"]:
-            decoding = decoding.difference(_ids(row["decode_removed"]))
+            removed = _ids(row["decode_removed"])
+            for i in removed:
+                outputs[i] += s - joined[i]
+            decoding = decoding.difference(removed)
         if row["decode_added"]:
-            decoding = decoding.union(_ids(row["decode_added"]))
+            added = _ids(row["decode_added"])
+            for i in added:
+                joined[i] = s
+            decoding = decoding.union(added)
         emitted = decoding
         chunks = []
         for c in row["prefill_chunks"].split(";") if row["prefill_chunks"] else []:
             i, k, n = (int(x) for x in c.split(":"))
             chunks.append((i, k, n))
-            if k + n == P[i] + outputs[i]:
+            if k + n == P[i] + outputs[i]:  # a prefill chunk is never run by a decoding request
                 emitted = emitted | {i}
-        for i in emitted:
-            outputs[i] += 1
+                outputs[i] += 1
         p, d, pa = int(row["prefill_tokens"]), int(row["decode_tokens"]), int(row["prefill_attention_tokens"])
         assert d == len(decoding) and p == sum(n for _, _, n in chunks), f"golden step {s} is inconsistent"
         t_end = start + step_time(p, d, kv, pa)
