@@ -8,12 +8,11 @@ generate exactly that many tokens; the client's own count of the streamed text i
 it). Prompt lengths are the measured mean prompt length of the stage (what the server tokenized).
 
 Prefix caching (vLLM's default): a prompt seen before hits the cache for all its full 16-token
-blocks but the last token (vLLM always computes at least one token); a new prompt of a group seen
-before hits the group's system-prompt blocks. With an engine that models prefix caching
-(``system.enable_prefix_caching``) the requests carry their prefix ids; with the current engine
-(chunked prefill, no cache) the replay gives it the uncached tokens as the prompt and charges the
-decode attention over the cached prefix per decoding request (``d2_kv_s * cached_tokens`` added to
-``d1_decode_s``), which is the same step time while every cached prompt has the same length.
+blocks but the last token (vLLM always computes at least one token). The simulator's ``vllm_v1``
+scheduler models it: requests of one prompt form a prefix group over the whole prompt
+(:attr:`Requests.cached_tokens` is the hit expected while the cache holds every prompt; the
+system prompt a new prompt shares with its group, which only its first round would hit, is not
+modelled).
 
 :func:`predict_run` simulates the run and returns per stage the metrics of
 :data:`fluidserve.validation.runs.METRICS` (seconds), with the client's definitions: E2E and TTFT
@@ -25,7 +24,7 @@ overloaded (:func:`fluidserve.validation.runs.is_overloaded`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,6 +47,7 @@ class Requests:
     output_tokens: np.ndarray
     stage: np.ndarray
     stage_start_s: np.ndarray  # per stage
+    prompt_id: np.ndarray  # the prompt a request uses (-1: a prompt of its own)
 
 
 def _arrivals(rate: float, duration_s: float, kind: str, rng: np.random.Generator, n: int | None = None,
@@ -102,7 +102,9 @@ def build_requests(run: Run, seed: int = 0, max_stage_s: float | None = None) ->
     P = np.maximum(np.concatenate(prompt), 1)
     D = np.maximum(np.concatenate(out), 1)
     cached = np.zeros(len(P), dtype=np.int64)
+    prompt_id = np.full(len(P), -1, dtype=np.int64)
     if sp is not None:
+        prompt_id = np.arange(len(P)) % (sp.num_groups * sp.num_prompts_per_group)
         n_prompts = sp.num_groups * sp.num_prompts_per_group
         seen_prompt = np.zeros(n_prompts, dtype=bool)
         seen_group = np.zeros(sp.num_groups, dtype=bool)
@@ -117,28 +119,35 @@ def build_requests(run: Run, seed: int = 0, max_stage_s: float | None = None) ->
                 cached[i] = min(system_hit, full_hit[i])
             seen_prompt[j] = True
             seen_group[g] = True
-    return Requests(arrival, P, cached, D, np.concatenate(stage_of), np.asarray(starts))
+    return Requests(arrival, P, cached, D, np.concatenate(stage_of), np.asarray(starts), prompt_id)
 
 
 def sim_config(run: Run, gpu: str, model: specs.ModelSpec, batch_time: BatchTimeModel) -> dict:
-    """The simulator config of a run's vLLM server (recompute, chunked prefill, its token budget)."""
+    """The simulator config of a run's vLLM server: the ``vllm_v1`` scheduler (chunked prefill,
+    recompute, prefix caching), its token budget and sequence limit, KV capacity at its
+    ``gpu_memory_utilization``."""
     m_total = specs.derive_m_total(gpu, model, run.gpu_memory_utilization, run.tensor_parallel)
-    bt = {k: v for k, v in batch_time.to_dict().items()}
     return {
         "name": f"replay-{run.name}",
         "system": {
-            "mode": "recompute", "M_total": m_total, "B": run.max_num_batched_tokens,
-            "max_num_seqs": run.max_num_seqs, "chunked_prefill": True, "block_size": BLOCK_TOKENS,
+            "scheduler": "vllm_v1", "enable_prefix_caching": True, "chunked_prefill": True,
+            "M_total": m_total, "B": run.max_num_batched_tokens, "max_num_seqs": run.max_num_seqs,
+            "block_size": BLOCK_TOKENS,
             "kv_bytes_per_token": specs.kv_bytes_per_token(model, tensor_parallel=run.tensor_parallel),
         },
-        "batch_time": bt,
-        "sim": {"record_events": False, "snapshot_every": 1},
+        "batch_time": batch_time.to_dict(),
+        "sim": {"record_events": False, "snapshot_every": 10**9},
     }
 
 
 def simulate_requests(run: Run, gpu: str, model: specs.ModelSpec, batch_time: BatchTimeModel,
                       reqs: Requests) -> tuple[np.ndarray, np.ndarray]:
-    """First-token and completion times (s; NaN if never) of every request, from the simulator."""
+    """First-token and completion times (s; NaN if never) of every request, from the simulator.
+
+    Requests that use the same prompt form one prefix group over the whole prompt, so the engine's
+    prefix cache (vLLM's block hashing) finds every full block but the last token's; requests
+    longer than ``max_model_len`` are rejected by vLLM and left out.
+    """
     from fluidserve.config import config_from_dict
     from fluidserve.sim.simulator import simulate
     from fluidserve.workload.base import Workload
@@ -146,30 +155,15 @@ def simulate_requests(run: Run, gpu: str, model: specs.ModelSpec, batch_time: Ba
     keep = np.ones(len(reqs.arrival_s), dtype=bool)
     if run.max_model_len:
         keep &= reqs.prompt_tokens + reqs.output_tokens <= run.max_model_len
-    uncached = reqs.prompt_tokens - reqs.cached_tokens
-    # the current engine has no prefix cache: prompts carry their uncached tokens, and each decoding
-    # request's attention over its cached prefix is charged per decoding request (module docstring)
-    ss_cached = float(np.median(reqs.cached_tokens[keep])) if keep.any() else 0.0
-    bt = replace(batch_time, d1_decode_s=batch_time.d1_decode_s + batch_time.d2_kv_s * ss_cached)
-    cfg = config_from_dict(sim_config(run, gpu, model, bt), f"replay of {run.name}")
-    # the decode's (P + g) context counts the uncached prompt only; bt above adds the cached part
-    # vLLM samples output token 1 in the prefill step, so D output tokens take D - 1 decode steps;
-    # the current engine runs ``decode_length`` iterations after the prefill and stamps the first
-    # token at the end of the first of them: give it D - 1 and read the first token off the end of
-    # the step before (the prefill step)
-    wl = Workload(reqs.arrival_s[keep], uncached[keep], np.maximum(reqs.output_tokens[keep] - 1, 1), name=run.name)
-    sim = simulate(cfg, wl)
-    res = sim.requests
-    snaps = sim.snapshots
-    step_start = snaps["time"].to_numpy()
-    step_end = step_start + snaps["batch_duration"].to_numpy()
-    ft = res["first_token_time"].to_numpy()
-    pos = np.clip(np.searchsorted(step_end, ft - 1e-12), 0, len(step_end) - 1)
-    first_vllm = np.where(np.isfinite(ft), step_start[pos], np.nan)
+    cfg = config_from_dict(sim_config(run, gpu, model, batch_time), f"replay of {run.name}")
+    wl = Workload(reqs.arrival_s[keep], reqs.prompt_tokens[keep], reqs.output_tokens[keep], name=run.name,
+                  prefix_group=reqs.prompt_id[keep], prefix_length=np.where(reqs.prompt_id[keep] >= 0,
+                                                                             reqs.prompt_tokens[keep], 0))
+    res = simulate(cfg, wl).requests
     first = np.full(len(keep), np.nan)
     comp = np.full(len(keep), np.nan)
     idx = np.flatnonzero(keep)[res["req_id"].to_numpy()]
-    first[idx] = first_vllm
+    first[idx] = res["first_token_time"].to_numpy()
     comp[idx] = res["completion_time"].to_numpy()
     return first, comp
 
