@@ -283,7 +283,13 @@ def format_text(plan, outcome) -> str:
         lines.append(f"binding constraint: class '{b.get('class')}' {b.get('constraint')} = {_fmt(b.get('value'))} "
                      f"(limit {_fmt(b.get('limit'))}, {100 * b.get('ratio', 0):.0f}% of it)")
         smaller = _next_smaller(outcome, r)
-        if smaller:
+        if r.get("groups"):
+            for g in r["groups"]:
+                lines.append(f"  group {g['replicas']} x {g['key']} serving {', '.join(g.get('classes') or [])} "
+                             f"(LP: {g['lp_replicas']}); one replica fewer: "
+                             + ("n/a (one replica)" if g["replicas"] <= 1 else
+                                ("meets" if g["next_smaller_meets_slo"] else "misses") + " the SLO"))
+        elif smaller:
             sb = smaller.get("binding") or {}
             lines.append(f"next smaller fleet ({smaller['replicas'] if 'replicas' in smaller else 'one less'}"
                          f" replicas): {'meets' if smaller['meets_slo'] else 'misses'} the SLO "

@@ -23,11 +23,14 @@ approximation; its error against the simulator is printed beside every verified 
   u^(sqrt(2(n+1)) - 1), and then Exp-distributed with mean (c_a^2 + c_s^2) / (2 n X_b (1 - u)),
   with c_a^2 the squared CV of the inter-arrival gaps (rescaled by each bin's rate) and c_s^2 that
   of the per-request work;
-* a request's TTFT = V + W + (1.5 + k) tau + d1_prefill P (half a step, k prefill steps of at most
-  B minus the decode tokens of a step, the first decode step; its own prefill work on top of the
-  mean step); TPOT = tau + Normal(0, sigma^2) with sigma^2 = tau x E[(d1_prefill P)^2] / (D - 1)
-  (compound-Poisson prefill interference, as ``fluidserve.policy.problem``); E2E = TTFT + (D - 1)
+* the prefill work of other requests in a step is compound Poisson: variance
+  v = tau x E[(d1_prefill min(P, B))^2] per step (as ``fluidserve.policy.problem``);
+* a request's TTFT = V + W + (1.5 + k) tau + d1_prefill P + Normal(0, (1.5 + k) v) (half a step,
+  k prefill steps of at most B minus the decode tokens of a step, the first decode step; its own
+  prefill work on top of the mean step); TPOT = tau + Normal(0, v / (D - 1)); E2E = TTFT + (D - 1)
   TPOT;
+* synthetic traffic (constant rates) uses one bin over the whole window, so that Poisson noise of
+  short bins is not counted twice (once as rate changes, once as fluctuations);
 * percentiles of the class's mixture of these per-request laws (exponentially modified Gaussian
   CDFs, averaged, inverted by bisection; at most 3000 requests per class, every k-th); attainment = mean over requests of the product of the
   per-threshold probabilities (independence assumed); energy per token from the steady-state
@@ -137,6 +140,8 @@ class QuasiStaticTails:
     def predict(self, rtype, replicas: int, traffic, plan) -> dict:
         n = int(replicas)
         bin_s = float(plan.search.bin_s)
+        if all(c.trace is None for c in plan.traffic.classes):  # constant rates: one bin, no sampling noise
+            bin_s = max(bin_s, float(traffic.workload.arrival_time_s[-1]) + 1e-6)
         cfg = rtype.run_config(n, plan)
         s = cfg.system
         bt = rtype.batch_time
@@ -178,14 +183,16 @@ class QuasiStaticTails:
         b_avail = np.maximum(s.B - decode_per_step, 1.0)
         k = np.ceil(P / b_avail) if s.chunked_prefill else np.ones_like(P)
         ttft_mu = V + (PREFILL_OFFSET_STEPS + k) * tau + bt.d1_prefill_s * P
-        ex2 = float(np.mean((bt.d1_prefill_s * P) ** 2))
-        tpot_sigma = np.sqrt(tau * x * ex2 / np.maximum(D - 1, 1.0))
+        ex2 = float(np.mean((bt.d1_prefill_s * np.minimum(P, s.B)) ** 2))
+        step_var = tau * x * ex2  # variance of one step's prefill work from other requests [s^2]
+        tpot_sigma = np.sqrt(step_var / np.maximum(D - 1, 1.0))
+        ttft_sigma = np.sqrt((PREFILL_OFFSET_STEPS + k) * step_var)
         tpot_mu = tau
         e2e_mu = ttft_mu + (D - 1) * tau
-        e2e_sigma = (D - 1) * tpot_sigma
+        e2e_sigma = np.sqrt(ttft_sigma**2 + ((D - 1) * tpot_sigma) ** 2)
         zeros = np.zeros_like(P)
         laws = {
-            "ttft": (ttft_mu, zeros, p_wait, theta),
+            "ttft": (ttft_mu, ttft_sigma, p_wait, theta),
             "tpot": (tpot_mu, tpot_sigma, zeros, np.ones_like(P)),
             "e2e": (e2e_mu, e2e_sigma, p_wait, theta),
         }

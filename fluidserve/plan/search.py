@@ -6,7 +6,8 @@
 2. Types are ranked by the objective of their smallest predicted-passing fleet (cost $/h, GPUs,
    or predicted energy per token; ties by cost, then energy). Types the screen finds no passing
    fleet for follow, closest (smallest binding ratio) first.
-3. The best ``search.verify_top`` types are verified: bisection on the replica count from the
+3. The best ``search.verify_top`` types (and, for a heterogeneous search, the best of every GPU
+   type) are verified: bisection on the replica count from the
    screen's guess (:func:`.verify.min_replicas`), each simulation stored as it finishes
    (:mod:`.store`). Types whose closed-form lower bound is already worse than the best verified
    fleet are skipped.
@@ -141,13 +142,19 @@ def run_search(plan, traffic, store, progress: bool = True, log=None) -> PlanOut
 
     best_per_type: list[dict] = []
     n_verified_types = 0
-    for v in ranked:
-        if n_verified_types >= plan.search.verify_top:
-            break
+    # the best few types; with a heterogeneous search also the best type of every GPU type, so that
+    # the mix is compared with a verified single-type plan of each
+    todo = ranked[: plan.search.verify_top]
+    if plan.search.heterogeneous and len(plan.candidates.gpus) > 1:
+        for g in plan.candidates.gpus:
+            first = next((v for v in ranked if v["type"].gpu_type == g.type), None)
+            if first is not None and first not in todo:
+                todo.append(first)
+    for v in todo:
         rt = v["type"]
         best = min((r for r in best_per_type), key=lambda r: rank_key(plan, r), default=None)
         lower = _lower_bound(plan, rt, v["bound"])
-        if best is not None and lower > objective_value(plan, best):
+        if best is not None and lower > objective_value(plan, best) and n_verified_types >= plan.search.verify_top:
             continue
         cap = rt.max_replicas if plan.candidates.max_replicas is None else min(rt.max_replicas,
                                                                              plan.candidates.max_replicas)

@@ -3,7 +3,8 @@
 A class's statistics are a flat dict ``{metric}_p{q}_s`` (metric in ttft, tpot, e2e; q in
 :data:`REPORTED` and every percentile its SLO names) plus ``attainment`` (share of its requests
 meeting every threshold at once). :func:`verdict` compares them with the plan's SLOs: the fleet
-meets the SLO when every class does; the *binding* constraint is the one with the largest
+meets the SLO when every class does (classes absent from the stats, e.g.
+not served by a group of a mix, are skipped); the *binding* constraint is the one with the largest
 value / threshold ratio (for attainment: target / achieved), so a ratio <= 1 means met.
 """
 
@@ -57,7 +58,9 @@ def verdict(plan, stats_by_class: dict[str, dict]) -> dict:
     worst = None
     violations = []
     for c in plan.traffic.classes:
-        st = stats_by_class[c.name]
+        st = stats_by_class.get(c.name)
+        if st is None:  # a group that serves none of this class's requests
+            continue
         checks = [(stat_key(m, q), st.get(stat_key(m, q), math.nan), thr) for m, q, thr in c.slo.thresholds]
         for key, value, thr in checks:
             ratio = value / thr if math.isfinite(value) else math.inf

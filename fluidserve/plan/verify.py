@@ -24,8 +24,8 @@ from fluidserve.plan import slo
 from fluidserve.sim.simulator import simulate
 
 
-def simulate_group(rtype, replicas: int, traffic, plan) -> dict:
-    """Simulate one homogeneous group; returns per-class stats, energy [J], tokens and wall time [s]."""
+def request_metrics(rtype, replicas: int, traffic, plan) -> dict:
+    """Simulate one homogeneous group; per-request TTFT, TPOT, E2E [s] (inf: never served), energy [J]."""
     t0 = time.perf_counter()
     cfg = rtype.run_config(replicas, plan)
     res = simulate(cfg, traffic.workload)
@@ -42,19 +42,24 @@ def simulate_group(rtype, replicas: int, traffic, plan) -> dict:
         a[~np.isfinite(a)] = np.inf  # still in the system: never served
     d = traffic.workload.decode_tokens
     tpot[(d > 1) & ~np.isfinite(e2e)] = np.inf
+    return {
+        "ttft": ttft, "tpot": tpot, "e2e": e2e, "energy_j": _energy(res, rtype, replicas, traffic),
+        "output_tokens": float(req.loc[np.isfinite(req["completion_time"]), "decode_length"].sum()),
+        "rejected": int(len(res.rejected)), "sim_wall_s": time.perf_counter() - t0,
+    }
+
+
+def simulate_group(rtype, replicas: int, traffic, plan) -> dict:
+    """Simulate one homogeneous group; returns per-class stats, energy [J], tokens and wall time [s]."""
+    m = request_metrics(rtype, replicas, traffic, plan)
     per_class = {}
     qs = slo.class_percentiles(plan)
     for k, c in enumerate(plan.traffic.classes):
-        m = (traffic.class_index == k) & traffic.measured
-        if not m.any():
-            continue
-        per_class[c.name] = slo.sample_stats(ttft[m], tpot[m], e2e[m], qs[k], c.slo.thresholds)
-    energy_j = _energy(res, rtype, replicas, traffic)
-    out_tokens = float(req.loc[np.isfinite(req["completion_time"]), "decode_length"].sum())
-    return {
-        "per_class": per_class, "energy_j": energy_j, "output_tokens": out_tokens,
-        "rejected": int(len(res.rejected)), "sim_wall_s": time.perf_counter() - t0,
-    }
+        sel = (traffic.class_index == k) & traffic.measured
+        if sel.any():
+            per_class[c.name] = slo.sample_stats(m["ttft"][sel], m["tpot"][sel], m["e2e"][sel], qs[k],
+                                                 c.slo.thresholds)
+    return {"per_class": per_class, **{k: m[k] for k in ("energy_j", "output_tokens", "rejected", "sim_wall_s")}}
 
 
 def _energy(res, rtype, replicas: int, traffic) -> float:
