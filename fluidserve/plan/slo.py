@@ -17,6 +17,7 @@ import numpy as np
 #: Percentiles always reported (p50/p90/p99 of TTFT, TPOT, E2E).
 REPORTED = (50.0, 90.0, 99.0)
 METRICS = ("ttft", "tpot", "e2e")
+_NEVER = 1e300  # stands in for inf inside np.percentile
 
 
 def stat_key(metric: str, q: float) -> str:
@@ -39,8 +40,10 @@ def sample_stats(ttft_s, tpot_s, e2e_s, qs, thresholds) -> dict:
     out = {"requests": int(len(ttft_s))}
     for metric, v in (("ttft", ttft_s), ("tpot", tpot_s), ("e2e", e2e_s)):
         v = v[~np.isnan(v)]
+        v = np.where(np.isinf(v), _NEVER, v)  # interpolating towards a never-served request gives inf
         for q in qs:
-            out[stat_key(metric, q)] = float(np.percentile(v, q)) if len(v) else math.nan
+            x = float(np.percentile(v, q)) if len(v) else math.nan
+            out[stat_key(metric, q)] = math.inf if x >= 1e200 else x  # any weight on _NEVER
     ok = np.ones(len(ttft_s), bool)
     for metric, _, thr in thresholds:
         v = {"ttft": ttft_s, "tpot": tpot_s, "e2e": e2e_s}[metric]
