@@ -34,7 +34,6 @@ from fluidserve.yamlio import read_yaml
 
 #: SLO threshold keys: metric, percentile (e.g. ttft_p99_s, e2e_p90_s, tpot_p99.9_s).
 SLO_KEY = re.compile(r"^(ttft|tpot|e2e)_p(\d{1,2}(?:\.\d+)?)_s$")
-METRICS = ("ttft", "tpot", "e2e")
 
 
 class _Strict(BaseModel):
