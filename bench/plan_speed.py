@@ -2,7 +2,8 @@
 
 Runs, in one process, (1) the planner's search on a plan file (screen + verification; nothing
 resumed), then (2) the exhaustive sweep: every replica type of the candidate space simulated at
-every replica count from 1 to the GPUs available. Prints both answers (they must agree), the
+every replica count from 1 to the GPUs available. Prints both answers (they must agree; with a
+heterogeneous plan the mix is not in the sweep, and the per-GPU-type minima are compared), the
 screen-vs-verify split, CPU and wall times and the speed-up ratio.
 
     python bench/plan_speed.py [--config config/plan_azure_h100.yaml] [--no-sweep]
@@ -74,9 +75,22 @@ def main() -> None:
             best is not None and rec is not None and best["cost_per_hour"] == rec["cost_per_hour"]
             and best["replicas"] == rec["replicas"])
         result["same_answer"] = same
+        # per GPU type: the planner's verified single-type minimum vs the sweep's (a mix is not in the sweep)
+        sweep_min = {}
+        for r in passing:
+            g = r["gpu_type"]
+            if g not in sweep_min or rank_key(plan, r) < rank_key(plan, sweep_min[g]):
+                sweep_min[g] = r
+        result["single_type"] = {
+            g: {"plan": None if g not in out.single_type_best else
+                [out.single_type_best[g]["replicas"], out.single_type_best[g]["cost_per_hour"]],
+                "sweep": [r["replicas"], r["cost_per_hour"]]}
+            for g, r in sweep_min.items()}
+        result["single_type_agree"] = all(v["plan"] == v["sweep"] for v in result["single_type"].values())
         result["speedup_wall"] = (w2 - w1) / (w1 - w0)
         result["speedup_cpu"] = (c2 - c1) / (c1 - c0)
         print(f"sweep: {result['sweep']['answer']}  wall {w2 - w1:.2f} s (cpu {c2 - c1:.2f} s), {len(sweep)} simulations")
+        print(f"single-type minima, plan vs sweep: {result['single_type']} (agree: {result['single_type_agree']})")
         print(f"same answer: {same}; plan is {result['speedup_wall']:.1f}x faster (wall), "
               f"{result['speedup_cpu']:.1f}x (cpu)")
     print(json.dumps(result))

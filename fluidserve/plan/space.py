@@ -92,8 +92,9 @@ class ReplicaType:
             chunked_prefill=self.chunked_prefill, kv_bytes_per_token=self.kv_bytes_per_token,
             tensor_parallel=self.tensor_parallel,
         )
-        if self.enable_prefix_caching:
-            system["enable_prefix_caching"] = True
+        fields = SystemConfig.model_fields
+        if "enable_prefix_caching" in fields:  # explicit, whatever the engine's default
+            system["enable_prefix_caching"] = self.enable_prefix_caching
         if self.scheduler:
             system["scheduler"] = self.scheduler
         bt = self.batch_time
