@@ -157,9 +157,13 @@ def replica_types(plan) -> tuple[list[ReplicaType], list[str]]:
     base = Path(plan.base_dir) if plan.base_dir else None
     s = c.scheduler
     out, skipped = [], []
-    for g in c.gpus:
+    for i, g in enumerate(c.gpus):
         fm = frequency_model(g, base)
         clocks = sorted(g.clocks_mhz or [fm.f_max_mhz], reverse=True)
+        bad = [f for f in clocks if not 0 < f <= fm.f_max_mhz * (1 + 1e-9)]
+        if bad:
+            raise InputError(f"candidates.gpus.{i}({g.type}).clocks_mhz: {bad[0]:g} MHz is outside "
+                             f"(0, {fm.f_max_mhz:g}] MHz, the GPU's highest clock")
         for tp in c.tensor_parallel:
             if tp > g.count:
                 skipped.append(f"{g.type} tp{tp}: only {g.count} GPUs available")

@@ -52,3 +52,11 @@ def test_unknown_gpu_and_model():
         plan_config_from_dict(plan_dict(gpus=[{"type": "B300", "cost_per_hour": 1, "count": 1}]))
     with pytest.raises(InputError, match="unknown model preset"):
         plan_config_from_dict(plan_dict(candidates={"model": "gpt-9"}))
+
+
+def test_clock_above_f_max_names_the_field(make_plan):
+    from fluidserve.plan.space import replica_types
+
+    gpu = {"type": "H100-SXM", "cost_per_hour": 4.0, "count": 2, "clocks_mhz": [1980, 2500]}
+    with pytest.raises(InputError, match=r"candidates.gpus.0\(H100-SXM\).clocks_mhz: 2500 MHz"):
+        replica_types(make_plan(gpus=[gpu], candidates={"model": "Llama-3.1-8B", "gpus": [gpu]}))
