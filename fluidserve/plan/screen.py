@@ -25,9 +25,10 @@ approximation; its error against the simulator is printed beside every verified 
   of the per-request work;
 * the prefill work of other requests in a step is compound Poisson: variance
   v = tau x E[(d1_prefill min(P, B))^2] per step (as ``fluidserve.policy.problem``);
-* a request's TTFT = V + W + (1.5 + k) tau + d1_prefill P + Normal(0, (1.5 + k) v) (half a step,
-  k prefill steps of at most B minus the decode tokens of a step, the first decode step; its own
-  prefill work on top of the mean step); TPOT = tau + Normal(0, v / (D - 1)); E2E = TTFT + (D - 1)
+* a request's TTFT = V + W + (o + k) tau + d1_prefill P + Normal(0, (o + k) v) (half a step,
+  k prefill steps of at most B minus the decode tokens of a step, and under the ``vllm_v0``
+  engine one decode step for the first token: o = 1.5, under ``vllm_v1`` o = 0.5, as vLLM
+  samples it in the last prefill step; its own prefill work on top of the mean step); TPOT = tau + Normal(0, v / (D - 1)); E2E = TTFT + (D - 1)
   TPOT;
 * synthetic traffic (constant rates) uses one bin over the whole window, so that Poisson noise of
   short bins is not counted twice (once as rate changes, once as fluctuations);
@@ -182,11 +183,13 @@ class QuasiStaticTails:
         decode_per_step = x * tau * mix["D"][b_req]
         b_avail = np.maximum(s.B - decode_per_step, 1.0)
         k = np.ceil(P / b_avail) if s.chunked_prefill else np.ones_like(P)
-        ttft_mu = V + (PREFILL_OFFSET_STEPS + k) * tau + bt.d1_prefill_s * P
+        # vLLM V1 samples the first token in the (last) prefill step; the V0 engine one step later
+        first_offset = 0.5 if getattr(s, "scheduler", "vllm_v0") == "vllm_v1" else PREFILL_OFFSET_STEPS
+        ttft_mu = V + (first_offset + k) * tau + bt.d1_prefill_s * P
         ex2 = float(np.mean((bt.d1_prefill_s * np.minimum(P, s.B)) ** 2))
         step_var = tau * x * ex2  # variance of one step's prefill work from other requests [s^2]
         tpot_sigma = np.sqrt(step_var / np.maximum(D - 1, 1.0))
-        ttft_sigma = np.sqrt((PREFILL_OFFSET_STEPS + k) * step_var)
+        ttft_sigma = np.sqrt((first_offset + k) * step_var)
         tpot_mu = tau
         e2e_mu = ttft_mu + (D - 1) * tau
         e2e_sigma = np.sqrt(ttft_sigma**2 + ((D - 1) * tpot_sigma) ** 2)
