@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -152,8 +152,13 @@ class SchedulerSpace(_Strict):
         fields = SystemConfig.model_fields
         if True in self.enable_prefix_caching and "enable_prefix_caching" not in fields:
             raise ValueError("enable_prefix_caching: the simulator has no prefix cache yet (system.enable_prefix_caching)")
-        if self.scheduler is not None and "scheduler" not in fields:
-            raise ValueError("scheduler: the simulator has no system.scheduler setting yet")
+        if self.scheduler is not None:
+            if "scheduler" not in fields:
+                raise ValueError("scheduler: the simulator has no system.scheduler setting yet")
+            known = get_args(fields["scheduler"].annotation)
+            bad = [x for x in self.scheduler if x not in known]
+            if bad:
+                raise ValueError(f"scheduler: unknown {bad}; choose from {list(known)}")
         return self
 
 

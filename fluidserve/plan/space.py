@@ -20,9 +20,13 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from fluidserve import specs
 from fluidserve.batch_time import BatchTimeModel
-from fluidserve.config import BatchTimeConfig, ClusterConfig, Config, FluidConfig, SimConfig, SystemConfig
+from fluidserve.config import (
+    BatchTimeConfig, ClusterConfig, Config, FluidConfig, SimConfig, SystemConfig, format_validation_error,
+)
 from fluidserve.errors import InputError
 from fluidserve.policy.frequency import COEFFICIENTS, GPU_POWER_PRESETS, FrequencyModel
 
@@ -98,8 +102,12 @@ class ReplicaType:
         if self.scheduler:
             system["scheduler"] = self.scheduler
         bt = self.batch_time
+        try:
+            system_cfg = SystemConfig(**system)
+        except ValidationError as exc:
+            raise InputError(format_validation_error(exc, f"candidate {self.key}")) from None
         return Config(
-            name=name or f"{plan.name}-{self.key}-x{replicas}", seed=plan.seed, system=SystemConfig(**system),
+            name=name or f"{plan.name}-{self.key}-x{replicas}", seed=plan.seed, system=system_cfg,
             batch_time=BatchTimeConfig(d0_s=bt.d0_s, d1_prefill_s=bt.d1_prefill_s, d1_decode_s=bt.d1_decode_s,
                                        d2_kv_s=bt.d2_kv_s),
             policy=plan.policy, cluster=ClusterConfig(replicas=replicas, router=plan.candidates.router),
@@ -182,6 +190,9 @@ def replica_types(plan) -> tuple[list[ReplicaType], list[str]]:
                     s.max_num_batched_tokens, s.max_num_seqs, s.chunked_prefill, s.enable_prefix_caching,
                     s.scheduler or [None],
                 ):
+                    if prefix and sched == "vllm_v0":
+                        skipped.append(f"{g.type} tp{tp} B{B} S{S}: prefix caching needs the vllm_v1 scheduler")
+                        continue
                     out.append(ReplicaType(
                         gpu_type=g.type, tensor_parallel=tp, clock_mhz=float(f), max_num_batched_tokens=B,
                         max_num_seqs=S, chunked_prefill=chunked, enable_prefix_caching=prefix, scheduler=sched,

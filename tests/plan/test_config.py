@@ -60,3 +60,20 @@ def test_clock_above_f_max_names_the_field(make_plan):
     gpu = {"type": "H100-SXM", "cost_per_hour": 4.0, "count": 2, "clocks_mhz": [1980, 2500]}
     with pytest.raises(InputError, match=r"candidates.gpus.0\(H100-SXM\).clocks_mhz: 2500 MHz"):
         replica_types(make_plan(gpus=[gpu], candidates={"model": "Llama-3.1-8B", "gpus": [gpu]}))
+
+
+def test_scheduler_candidates(make_plan):
+    from fluidserve.plan.space import replica_types
+
+    plan = make_plan(candidates={"model": "Llama-3.1-8B", "scheduler": {
+        "max_num_batched_tokens": [2048], "scheduler": ["vllm_v1", "vllm_v0"], "enable_prefix_caching": [True, False]}})
+    types, skipped = replica_types(plan)
+    # 2 x 2 combinations less prefix caching under vllm_v0 (vLLM V0 here has none)
+    assert sorted((t.scheduler, t.enable_prefix_caching) for t in types) == [
+        ("vllm_v0", False), ("vllm_v1", False), ("vllm_v1", True)]
+    assert any("prefix caching needs the vllm_v1 scheduler" in s for s in skipped)
+    for t in types:
+        cfg = t.run_config(2, plan)
+        assert (cfg.system.scheduler, cfg.system.enable_prefix_caching) == (t.scheduler, t.enable_prefix_caching)
+    with pytest.raises(InputError, match=r"unknown \['vllm_v2'\]"):
+        make_plan(candidates={"model": "Llama-3.1-8B", "scheduler": {"scheduler": ["vllm_v2"]}})
