@@ -190,8 +190,9 @@ class Candidates(_Strict):
 
 
 class SearchSpec(_Strict):
-    screen: Literal["quasistatic_tails"] = Field(
-        "quasistatic_tails", description="latency model of the screen (fluidserve.plan.screen.LATENCY_MODELS)")
+    screen: Literal["quasistatic_tails", "fluid_stepclock"] = Field(
+        "quasistatic_tails", description="latency model of the screen (fluidserve.plan.screen.LATENCY_MODELS): "
+        "quasistatic_tails (closed forms + queueing tails, fast) or fluid_stepclock (the fluid model's per-request delays)")
     verify_top: int = Field(3, ge=1, description="replica types verified in the simulator (best screened first)")
     bin_s: float = Field(10.0, gt=0, description="rate bins of the screen's quasi-static queue, s")
     heterogeneous: bool = Field(True, description="also plan a mix of GPU types with the LP (two or more types)")

@@ -258,8 +258,14 @@ def _energy_per_token(rtype, seg, mix, capa, n: int, bin_s: float) -> float:
     return float((power * dt).sum() / tokens) if tokens > 0 else math.nan
 
 
-#: Registered latency models (``search.screen``).
-LATENCY_MODELS: dict[str, type] = {QuasiStaticTails.name: QuasiStaticTails}
+def _fluid_stepclock():
+    from fluidserve.plan.fluid_screen import FluidStepClock
+
+    return FluidStepClock()
+
+
+#: Registered latency models (``search.screen``): name -> factory.
+LATENCY_MODELS: dict[str, object] = {QuasiStaticTails.name: QuasiStaticTails, "fluid_stepclock": _fluid_stepclock}
 
 
 def latency_model(name: str) -> LatencyModel:

@@ -80,7 +80,8 @@ def screen_type(model, rtype, traffic, plan, bar=None) -> tuple[list[dict], dict
         pred = model.predict(rtype, n, traffic, plan)
         v = slo.verdict(plan, pred["per_class"])
         recs.append({**base, "pruned": None, "energy_per_token_j": pred["energy_per_token_j"],
-                     "per_class": pred["per_class"], "meets_slo": v["meets_slo"], "binding": v["binding"]})
+                     "per_class": pred["per_class"], "meets_slo": v["meets_slo"], "binding": v["binding"],
+                     "screen_model": pred.get("model", model.name)})
         if bar is not None:
             bar.update(1)
         if v["meets_slo"]:

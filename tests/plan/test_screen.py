@@ -38,3 +38,25 @@ def test_screen_close_to_simulator_below_capacity(make_plan):
     sim = simulate_group(rt, n, traffic, plan)["per_class"]["chat"]
     for key, tol in (("tpot_p50_s", 0.10), ("e2e_p50_s", 0.10), ("ttft_p50_s", 0.20), ("e2e_p99_s", 0.10)):
         assert pred[key] == pytest.approx(sim[key], rel=tol), key
+
+
+def test_fluid_stepclock_screen_plugs_in(make_plan):
+    """The fluid model's percentiles as the screen: used when the package has them, else a clear input error."""
+    from fluidserve.errors import InputError
+    from fluidserve.plan.fluid_screen import FluidStepClock, available
+    from fluidserve.plan.screen import latency_model
+
+    plan = make_plan(candidates={"model": "Llama-3.1-8B", "scheduler": {
+        "max_num_batched_tokens": [512], "chunked_prefill": [False]}}, search={"screen": "fluid_stepclock"})
+    model = latency_model(plan.search.screen)
+    assert isinstance(model, FluidStepClock)
+    traffic = build_traffic(plan)
+    rt = replica_types(plan)[0][0]
+    if not available():
+        with pytest.raises(InputError, match="search.screen"):
+            model.predict(rt, 4, traffic, plan)
+        return
+    pred = model.predict(rt, 4, traffic, plan)
+    sim = simulate_group(rt, 4, traffic, plan)["per_class"]["chat"]
+    assert pred["model"] in ("fluid_stepclock",) or pred["model"].startswith("quasistatic_tails (fluid:")
+    assert pred["per_class"]["chat"]["tpot_p50_s"] == pytest.approx(sim["tpot_p50_s"], rel=0.3)
