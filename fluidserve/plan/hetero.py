@@ -121,7 +121,8 @@ def plan_mix(plan, traffic, types, by_type, store, model, say) -> dict:
         say(f"heterogeneous: LP {reason}")
         return {"status": "lp_infeasible", "reason": reason, "violations": sol.violations}
     pb = sol.problem
-    groups, records, verified = [], [], []
+    groups, verified = [], []
+    counts = {"simulations": 0, "simulations_resumed": 0}
     used: dict[str, int] = {}
     for s, mask in split_classes(traffic, sol):
         g = pb.pool_names[pb.s_pool[s]]
@@ -142,6 +143,9 @@ def plan_mix(plan, traffic, types, by_type, store, model, say) -> dict:
                 rec["fleet"] = fleet
                 rec["classes"] = sorted({traffic.names[k] for k in np.unique(sub.class_index)})
                 store.put(fleet, rec)
+                counts["simulations"] += 1
+            else:
+                counts["simulations_resumed"] += 1
             cache[n] = rec
             verified.append(rec)
             return rec
@@ -152,18 +156,19 @@ def plan_mix(plan, traffic, types, by_type, store, model, say) -> dict:
             f"LP {lp_n} replicas, simulated {tried} -> {n}")
         if n is None:
             return {"status": "group_fails", "reason": f"group {g} @{clock:g} MHz misses the SLO at {hi} replicas",
-                    "verified": verified, "lp_cost_per_hour": sol.cost_per_hour}
+                    "verified": verified, "lp_cost_per_hour": sol.cost_per_hour, **counts}
         used[g] = used.get(g, 0) + n * rt.tensor_parallel
         groups.append({"rt": rt, "n": n, "mask": mask, "sub": sub, "record": cache[n],
                        "smaller": cache.get(n - 1), "lp_replicas": lp_n})
     over = [g for g, k in used.items() if k > next(x.count for x in plan.candidates.gpus if x.type == g)]
     if over:
         return {"status": "over_capacity", "reason": f"the verified mix needs more {over} GPUs than available",
-                "verified": verified}
+                "verified": verified, **counts}
     rec = _union_record(plan, traffic, groups, model)
+    counts["simulations"] += len(groups)  # the final groups once more, for the union's per-request statistics
     rec["lp_cost_per_hour"] = sol.cost_per_hour
     return {"status": "ok", "recommended": rec, "verified": verified, "lp_cost_per_hour": sol.cost_per_hour,
-            "lp_solve_time_s": sol.solve_time_s}
+            "lp_solve_time_s": sol.solve_time_s, **counts}
 
 
 def _predicted(model, rt, n, sub, plan) -> dict:

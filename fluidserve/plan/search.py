@@ -145,7 +145,8 @@ def run_search(plan, traffic, store, progress: bool = True, log=None) -> PlanOut
     n_verified_types = 0
     # the best few types; with a heterogeneous search also the best type of every GPU type, so that
     # the mix is compared with a verified single-type plan of each
-    todo = ranked[: plan.search.verify_top]
+    top = ranked[: plan.search.verify_top]
+    todo = list(top)
     if plan.search.heterogeneous and len(plan.candidates.gpus) > 1:
         for g in plan.candidates.gpus:
             first = next((v for v in ranked if v["type"].gpu_type == g.type), None)
@@ -155,8 +156,8 @@ def run_search(plan, traffic, store, progress: bool = True, log=None) -> PlanOut
         rt = v["type"]
         best = min((r for r in best_per_type), key=lambda r: rank_key(plan, r), default=None)
         lower = _lower_bound(plan, rt, v["bound"])
-        if best is not None and lower > objective_value(plan, best) and n_verified_types >= plan.search.verify_top:
-            continue
+        if v in top and best is not None and lower > objective_value(plan, best):
+            continue  # no fleet of this type can beat the best verified one (the per-GPU-type extras always run)
         cap = rt.max_replicas if plan.candidates.max_replicas is None else min(rt.max_replicas,
                                                                              plan.candidates.max_replicas)
         start = v["first_pass"]["replicas"] if v["first_pass"] else cap
@@ -176,6 +177,8 @@ def run_search(plan, traffic, store, progress: bool = True, log=None) -> PlanOut
         hetero = plan_mix(plan, traffic, types, by_type, store, model, say)
         for rec in hetero.get("verified", []):
             verified[rec["fleet"]] = rec
+        sims["run"] += hetero.get("simulations", 0)
+        sims["resumed"] += hetero.get("simulations_resumed", 0)
     if bar is not None:
         bar.close()
     t_verify = time.perf_counter() - t1
