@@ -32,18 +32,6 @@ MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
 TIME_TOL_S = 1e-9
 
 
-def _has_vllm_v1_engine() -> bool:
-    from fluidserve.config import SystemConfig
-
-    return "scheduler" in SystemConfig.model_fields
-
-
-needs_engine = pytest.mark.skipif(
-    not _has_vllm_v1_engine(),
-    reason="fluidserve's vllm_v1 engine (issue 11: system.scheduler, StepRecord API) is not merged on this branch yet",
-)
-
-
 def _rows(path: Path) -> list[dict[str, str]]:
     with gzip.open(path, "rt", newline="") as f:
         return list(csv.DictReader(io.StringIO(f.read())))
@@ -210,7 +198,6 @@ def _request_times(records: list, n: int) -> tuple[list[float], list[float], lis
     return first, finish, preempts
 
 
-@needs_engine
 @pytest.mark.parametrize("name", sorted(MANIFEST["scenarios"]))
 def test_engine_matches_vllm_scheduler(name):
     settings = MANIFEST["scenarios"][name]
