@@ -356,6 +356,7 @@ class VllmV1Engine(ReplicaEngine):
         enter_t, comp_t, ft_step = self.enter_t, self.comp_t, self.ft_step
         max_steps = self.max_steps
         one = self._one
+        carried: list[int] = []  # preemptions of a schedule that ran nothing (step records)
         done_report = 0
 
         while True:
@@ -377,6 +378,9 @@ class VllmV1Engine(ReplicaEngine):
                 raise RuntimeError(f"simulation exceeded sim.max_steps={max_steps}")
             if one:
                 record = self._record = StepRecord(s, t, t, 0, 0, 0, 0, 0, 0, 0, 0, self.total_blocks)
+                if carried:
+                    record.preempted.extend(carried)
+                    carried = []
 
             budget = B
             preempted = False
@@ -580,8 +584,13 @@ class VllmV1Engine(ReplicaEngine):
                     if one:
                         record.admitted.append(i)
 
-            if not (dec_sched or prefill_tokens or preempted):
-                raise RuntimeError(f"engine stalled at step {s}, t={t:.6f}s: nothing could run (a bug)")
+            if not (dec_sched or prefill_tokens):
+                if not preempted:
+                    raise RuntimeError(f"engine stalled at step {s}, t={t:.6f}s: nothing could run (a bug)")
+                # vLLM runs no model step when nothing is scheduled and schedules again at once
+                if one:
+                    carried = record.preempted
+                continue
             dt = bt.step_time(prefill_tokens, dec_sched, kv_tokens, pat)
             t_end = t + dt
             if one:
