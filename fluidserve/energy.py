@@ -91,6 +91,23 @@ class StepEnergyModel:
             )
         return BatchTimeModel(**coef)
 
+    def transferred(self, measured_on: BatchTimeModel, target: BatchTimeModel, power_scale: float,
+                    idle_w: float | None = None) -> "StepEnergyModel":
+        """An assumed model for another GPU: this one's powers times ``power_scale``, its times.
+
+        ``p_base_w`` scales by ``power_scale``; each per-token energy is an extra power over the
+        token's time (``e / c`` with ``c`` the matching coefficient of ``measured_on``), so it becomes
+        ``e / c * power_scale * c_target``. E.g. ``power_scale`` = TDP ratio of the two boards.
+        """
+        if not power_scale > 0:
+            raise InputError(f"energy.power_scale must be > 0, got {power_scale!r}")
+        pairs = (("e_prefill_j", "d1_prefill_s"), ("e_decode_j", "d1_decode_s"), ("e_kv_j", "d2_kv_s"))
+        kw = {"p_base_w": self.p_base_w * power_scale}
+        for e, c in pairs:
+            src = getattr(measured_on, c)
+            kw[e] = getattr(self, e) / src * power_scale * getattr(target, c) if src > 0 else 0.0
+        return StepEnergyModel(**kw, idle_w=idle_w)
+
     def to_dict(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 

@@ -10,7 +10,7 @@ import yaml
 
 from fluidserve.policy import cli
 
-from .conftest import EXAMPLE
+from .conftest import example_data
 
 
 def _run(argv, capsys):
@@ -23,7 +23,7 @@ def _run(argv, capsys):
 
 @pytest.mark.slow
 def test_example_json_and_files(tmp_path, capsys):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["validation"]["baselines"] = ["round_robin", "least_loaded"]
     data["validation"]["load_factors"] = [0.5, 1.0]
     path = tmp_path / "lp.yaml"
@@ -47,7 +47,7 @@ def test_example_json_and_files(tmp_path, capsys):
 
 
 def test_infeasible_slo_exits_2_with_report(tmp_path, capsys):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["classes"][1]["tpot_s"] = 0.004
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -61,7 +61,7 @@ def test_infeasible_slo_exits_2_with_report(tmp_path, capsys):
 
 
 def test_traffic_above_capacity_exits_2(tmp_path, capsys):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["classes"][0]["rate"] = 4000.0
     path = tmp_path / "big.yaml"
     path.write_text(yaml.safe_dump(data))
