@@ -63,14 +63,9 @@ def test_example_solution_respects_every_constraint():
     for name, tpot in pred["mean_tpot_s"].items():
         c = next(c for c in cfg.classes if c.name == name)
         assert tpot <= cfg.safety.slo_headroom * cfg.safety.tpot_mean_share * c.tpot_s + 1e-9
-    # clock choice alone (the same program at max clock only) saves at most what the published
-    # sweeps give a memory-bound decode: 11.6% at 1035 vs 1770 MHz on an H100 (Side et al.)
-    maxclk = solve(build_problem(cfg, max_clock_only=True), "energy", integer=True)
-    dvfs = 1 - sol.energy_per_token_j / maxclk.energy_per_token_j
-    assert 0.0 < dvfs < 0.116
-    binding = sol.duals[sol.duals["binding"]]
-    assert "demand" in set(binding["kind"]) and len(set(binding["kind"])) >= 2
-    assert (sol.duals.loc[sol.duals["kind"] == "demand", "shadow_price"] > 0).all()  # extra traffic costs power
+    for name, ttft in pred["mean_ttft_s"].items():  # TTFT with waiting behind prompts within its budget
+        c = next(c for c in cfg.classes if c.name == name)
+        assert ttft <= cfg.safety.slo_headroom * c.ttft_s + 1e-9
 
 
 def test_cost_objective_prefers_cheaper_gpus(small):
