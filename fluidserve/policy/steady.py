@@ -156,7 +156,8 @@ def mean_ttft_s(bt: BatchTimeModel, rates: np.ndarray, laws: list[LengthLaw], ss
     previous step's length T has mean ``rho_p T`` and variance ``T S2`` (compound Poisson), so
     ``Var(T) = tau S2 / (1 - rho_p^2)``; an arrival lands in a length-biased step (mean length
     ``2 R``). Budget overflow (prompts waiting more than one step for the token budget) is not
-    modelled. Checked against the discrete engine in ``tests/policy/test_steady.py``.
+    modelled. These are the ``vllm_v0`` scheduler's semantics (whole prompts, first token one step
+    after the prefill step); checked against that engine in ``tests/policy/test_steady.py``.
     """
     rates = np.asarray(rates, dtype=np.float64)
     tau = ss.tau_s

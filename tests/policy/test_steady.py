@@ -78,7 +78,7 @@ def test_mean_ttft_with_waiting_behind_prompts_matches_the_simulator(rate, law, 
     n = 8000
     arr = np.cumsum(rng.exponential(1 / rate, n))
     p, d = law.sample(n, rng)
-    e = ReplicaEngine(bt, M_total=700000, B=4096, max_num_seqs=256, record_events=False)
+    e = ReplicaEngine(bt, M_total=700000, B=4096, max_num_seqs=256, record_events=False, scheduler="vllm_v0")
     for i in range(n):
         e.submit(i, arr[i], int(p[i]), int(d[i]))
     e.run()
