@@ -425,7 +425,8 @@ def format_report(four: FitResult, two: FitResult, notes: Sequence[str] = ()) ->
 
 
 def write_preset(path: str | Path, four: FitResult, two: FitResult | None = None, source: str = "",
-                 phase: str = "all", extra: Mapping[str, Any] | None = None) -> Path:
+                 phase: str = "all", extra: Mapping[str, Any] | None = None,
+                 energy: Mapping[str, Any] | None = None) -> Path:
     """Write the four-coefficient fit as a preset YAML that ``BatchTimeModel.from_yaml`` reads.
 
     Raises InputError if a coefficient was neither identified nor filled (the preset would
@@ -461,6 +462,8 @@ def write_preset(path: str | Path, four: FitResult, two: FitResult | None = None
                              "max_error": two.max_error}
     meta.update(extra or {})
     data["metadata"] = meta
+    if energy is not None:  # the step-energy fit (fluidserve.calibration.energy_fit), beside the step time
+        data["energy"] = dict(energy)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -480,6 +483,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write the fitted coefficients as a batch-time preset YAML")
     parser.add_argument("--output-dir", help="directory for the residual plot (fit_residuals.png/.pdf)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--idle-w", type=float, default=None,
+                        help="measured board power with no step running, W (stored with the energy fit)")
 
 
 def _profile_value(df: pd.DataFrame, col: str) -> str | None:
@@ -529,8 +534,14 @@ def main(args: argparse.Namespace) -> int:
         notes.append(f"{nm} came out negative unconstrained and is held at 0 (non-negative fit)")
     report = fit_report(four, two, notes)
     report.update(source=str(args.profile), phase=args.phase)
+    from fluidserve.calibration.energy_fit import cli_section
+
+    energy = cli_section(df, four.model, getattr(args, "idle_w", None), args.profile)
+    if energy is not None:
+        report["energy"] = energy["report"]
     if args.out:
-        report["preset"] = str(write_preset(args.out, four, two, args.profile, args.phase))
+        report["preset"] = str(write_preset(args.out, four, two, args.profile, args.phase,
+                                            energy=None if energy is None else energy["preset"]))
     if args.output_dir:
         from fluidserve.calibration.roofline import save_figure
 
@@ -541,6 +552,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(f"fit of {args.profile} (phase {args.phase})")
     print(format_report(four, two, notes))
+    if energy is not None:
+        print(energy["text"])
     if "preset" in report:
         print(f"preset: {report['preset']}")
     for p in report.get("plots", []):
