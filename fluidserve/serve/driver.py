@@ -158,8 +158,10 @@ class SimDriver:
         self.steps = 0
 
     # --------------------------------------------------------------- requests
-    def submit(self, prefill_tokens: int, decode_tokens: int) -> TokenStream:
-        """Enter a request into the engine now; returns its stream (call on the event loop)."""
+    def submit(self, prefill_tokens: int, decode_tokens: int, prefilled: bool = False) -> TokenStream:
+        """Enter a request into the engine now; returns its stream (call on the event loop).
+
+        ``prefilled``: its prompt's KV came from a prefill instance (disaggregated decode role)."""
         if self.error is not None:
             raise RuntimeError(f"simulator stopped: {self.error}")
         eng = self.engine
@@ -169,7 +171,7 @@ class SimDriver:
         if eng.arr and arrival < eng.arr[-1]:
             arrival = eng.arr[-1]  # the monotonic clock never goes back; guard float ties
         local = len(eng.gid)
-        eng.submit(gid, arrival, prefill_tokens, decode_tokens)
+        eng.submit(gid, arrival, prefill_tokens, decode_tokens, prefilled=prefilled)
         stream = TokenStream(gid, local, prefill_tokens, decode_tokens, arrival)
         self.active[local] = stream
         if self._wake is not None:
