@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("fluidserve.sweep.cli", "parameter sweeps over config fields"),
     "experiments": ("fluidserve.outputs.experiments", "list / show / compare / archive / export experiments"),
     "generate-requests": ("fluidserve.workload.cli", "write a synthetic requests CSV"),
+    "harness": ("fluidserve.harness.cli", "real-engine experiments: single vs disaggregated vLLM, proxy, power, report"),
 }
 
 
