@@ -64,6 +64,7 @@ def _common(p: argparse.ArgumentParser, backend: str, layout: str) -> None:
                    help="NVML stand-in as FILE.py:FACTORY or MODULE:FACTORY returning a pynvml-like module (testing)")
     p.add_argument("--startup-timeout-s", type=float, default=1200.0 if backend == "vllm" else 120.0)
     p.add_argument("--request-timeout-s", type=float, default=600.0)
+    p.add_argument("--warmup-requests", type=int, default=2, help="short requests sent before the measured phases")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     if backend == "sim":
         p.add_argument("--time-scale", type=float, default=1.0, help="stand-ins' simulated seconds per wall second")
@@ -72,6 +73,8 @@ def _common(p: argparse.ArgumentParser, backend: str, layout: str) -> None:
     else:
         if layout == "disagg":
             p.add_argument("--connector", default="p2p-nccl", choices=["p2p-nccl", "nixl"], help="vLLM KV connector")
+            p.add_argument("--kv-link-GBps", type=float, default=25.0,
+                           help="KV link speed the report's prediction assumes, GB/s (e.g. the GPUs' P2P bandwidth)")
         p.add_argument("--dtype", default="auto")
         p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
         p.add_argument("--max-model-len", type=int, default=None, help="default: longest request + 16 tokens")
@@ -181,7 +184,7 @@ def _plan(args):
             pre = C.vllm_server(opts, "prefill", args.prefill_gpu, free_port(), args.connector, pk, proxy_port)
             dec = C.vllm_server(opts, "decode", args.decode_gpu, free_port(), args.connector, dk, proxy_port)
             servers = [pre, dec, C.proxy_server(pre, dec, proxy_port, args.connector, str(out), pk, dk)]
-            meta["connector"] = args.connector
+            meta.update(connector=args.connector, kv_link_GBps=args.kv_link_GBps)
     factory = None
     if not args.no_power:
         base = load_nvml_factory(args.nvml_module)
@@ -190,7 +193,8 @@ def _plan(args):
             return _base(g, _p)
     plan = HarnessPlan(layout=args.layout, backend=args.backend, output_dir=out, workload=wl, model=model,
                        servers=servers, time_scale=time_scale, power_gpus=gpus, power_factory=factory,
-                       startup_timeout_s=args.startup_timeout_s, request_timeout_s=args.request_timeout_s, meta=meta)
+                       startup_timeout_s=args.startup_timeout_s, request_timeout_s=args.request_timeout_s,
+                       warmup_requests=args.warmup_requests, meta=meta)
     return plan, cfg
 
 

@@ -41,6 +41,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from fluidserve.errors import FluidserveError
 from fluidserve.harness.processes import ManagedServer, ServerGroup, ServerSpec
 from fluidserve.workload.base import Workload
 
@@ -64,6 +65,7 @@ class HarnessPlan:
     power_factory: Callable[[list[int]], Any] | None = None  # gpu indices -> PowerMonitor
     startup_timeout_s: float = 1200.0
     request_timeout_s: float = 600.0
+    warmup_requests: int = 2  # short requests (16-token prompt, 2 tokens) sent and awaited before the phases
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -117,7 +119,7 @@ class HarnessRun:
     # ------------------------------------------------------------------ output
     def write(self) -> None:
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(_finite(self.results), indent=2, default=_json_default, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(finite_json(self.results), indent=2, default=_json_default, allow_nan=False) + "\n")
         os.replace(tmp, self.path)
 
     def _log(self, msg: str) -> None:
@@ -135,6 +137,7 @@ class HarnessRun:
                 if plan.power_factory is not None and plan.power_gpus:
                     self.monitor = plan.power_factory(plan.power_gpus)
                     self.monitor.start()
+                self._warmup()
                 phases = [("prefill", 1), ("e2e", None)] if plan.layout == "single" else [("e2e", None)]
                 for name, max_tokens in phases:
                     self._run_phase(name, max_tokens)
@@ -163,6 +166,22 @@ class HarnessRun:
         for server in self.group.servers:
             server.wait_healthy(plan.startup_timeout_s)
         self._log("all servers healthy")
+
+    def _warmup(self) -> None:
+        """Open the connections and warm every server on the path, then let the engines go idle."""
+        from fluidserve.calibration.loadclient import LoadSettings, run_load
+
+        n = self.plan.warmup_requests
+        self.results["warmup_requests"] = max(n, 0)
+        if n < 1:
+            return
+        wl = Workload(np.zeros(n), np.full(n, 16), np.full(n, 2), name="warmup")
+        settings = LoadSettings(url=self.plan.servers[-1].url, model=self.plan.model, metrics_interval_s=0.0,
+                                request_timeout_s=self.plan.request_timeout_s)
+        load = run_load(wl, settings)
+        bad = load.requests["error"].fillna("").astype(str)
+        if bad.ne("").any():
+            raise FluidserveError(f"warm-up request failed: {bad[bad.ne('')].iloc[0]}")
 
     def _run_phase(self, name: str, max_tokens: int | None) -> None:
         from fluidserve.calibration.loadclient import REQUEST_TRACE_COLUMNS, LoadSettings, run_load
@@ -263,7 +282,7 @@ class HarnessRun:
         else:
             if e2e is not None and len(e2e):
                 m.update(ttft_s=summary_stats(e2e["ttft"]), tbt_s=summary_stats(e2e["tpot"]), e2e_s=summary_stats(e2e["total_delay"]))
-            proxy = proxy_table(self.out, self.plan.time_scale)
+            proxy = proxy_table(self.out, self.plan.time_scale, self.results.get("warmup_requests", 0))
             if proxy is not None and len(proxy):
                 m["prefill_s"] = summary_stats(proxy["prefill_s"])
                 m["kv_transfer_s"] = summary_stats(proxy["kv_transfer_s"])
@@ -273,14 +292,16 @@ class HarnessRun:
         self.results["metrics"] = m
 
 
-def proxy_table(out: Path, time_scale: float) -> pd.DataFrame | None:
-    """The proxy's records in server seconds, with ``kv_transfer_s``: the transfer time the prefill
-    instance reports, else the estimate ``decode_ttft_s - tbt_s`` (the decode instance's first-token
-    latency less one decode step)."""
+def proxy_table(out: Path, time_scale: float, warmup_requests: int = 0) -> pd.DataFrame | None:
+    """The proxy's records of the measured requests (the first ``warmup_requests`` it received are
+    dropped) in server seconds, with ``kv_transfer_s``: the transfer time the prefill instance
+    reports, else the estimate ``decode_ttft_s - tbt_s`` (the decode instance's first-token latency
+    less one decode step)."""
     path = Path(out) / "proxy_requests.csv"
     if not path.exists():
         return None
     df = pd.read_csv(path)
+    df = df[df["req_id"] >= warmup_requests].sort_values("req_id").reset_index(drop=True)
     for col in ("arrival_s", "prefill_s", "decode_ttft_s", "ttft_s", "tbt_s", "e2e_s"):
         df[col] = pd.to_numeric(df[col], errors="coerce") * time_scale
     reported = pd.to_numeric(df["kv_transfer_reported_s"], errors="coerce")
@@ -300,12 +321,12 @@ def _json_default(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def _finite(obj):
+def finite_json(obj):
     """Non-finite floats -> None (strict JSON)."""
     if isinstance(obj, (float, np.floating)):
         return float(obj) if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite_json(v) for v in obj]
     return obj
