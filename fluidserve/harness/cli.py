@@ -134,6 +134,10 @@ def _plan(args):
     from fluidserve.harness.processes import free_port
     from fluidserve.harness.runner import HarnessPlan
 
+    version = None
+    if args.backend == "vllm":  # first: without vLLM nothing else matters
+        version = args.vllm_version or C.installed_vllm_version()
+        C.check_vllm_version(version)
     cfg = load_config(args.config) if args.config else None
     wl = _workload(args, cfg)
     out = Path(args.output_dir)
@@ -163,8 +167,6 @@ def _plan(args):
             servers = [pre, dec, C.proxy_server(pre, dec, free_port(), "nixl", str(out))]
             meta.update(kv_link_GBps=args.kv_link_GBps, connector="fluidserve stand-in (NixlConnector-style kv_transfer_params)")
     else:
-        version = args.vllm_version or C.installed_vllm_version()
-        C.check_vllm_version(version)
         model = args.model
         time_scale = 1.0
         max_len = args.max_model_len or int((wl.prefill_tokens + wl.decode_tokens).max()) + 16

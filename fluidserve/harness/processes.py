@@ -94,6 +94,12 @@ class ManagedServer:
                 raise FluidserveError(f"{self.spec.name} server: {url} not healthy after {timeout_s:.0f} s; log {self.log_path}")
             time.sleep(0.1)
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the server's process group (if it still runs)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
     def stop(self) -> int | None:
         """SIGINT to the process group, then SIGTERM, then SIGKILL; returns the exit code."""
         if self.proc is None:
@@ -101,8 +107,7 @@ class ManagedServer:
         for sig, wait_s in ((signal.SIGINT, self.stop_timeout_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
             if self.proc.poll() is not None:
                 break
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
+            self.signal(sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(wait_s)
         with contextlib.suppress(ProcessLookupError):  # children left behind by a server that exited
@@ -127,6 +132,9 @@ class ServerGroup:
         return server.start()
 
     def stop_all(self) -> dict[str, int | None]:
+        """SIGINT to every server at once (the proxy first), then :meth:`ManagedServer.stop` each."""
+        for server in reversed(self.servers):
+            server.signal(signal.SIGINT)
         codes = {}
         for server in reversed(self.servers):
             codes[server.spec.name] = server.stop()

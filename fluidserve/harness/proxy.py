@@ -312,7 +312,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"{READY_PREFIX}http://{host}:{port} ({state.connector}: {state.prefill_url} -> {state.decode_url})",
                   file=sys.stderr, flush=True)
 
-    config = uvicorn.Config(app, log_level=args.log_level, access_log=False, backlog=4096, timeout_graceful_shutdown=5, lifespan="on")
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False, backlog=4096, timeout_graceful_shutdown=2, lifespan="on")
     try:
         ReadyServer(config).run(sockets=[sock])
     except KeyboardInterrupt:

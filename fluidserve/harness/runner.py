@@ -229,10 +229,11 @@ class HarnessRun:
         with contextlib.suppress(Exception):
             if self.monitor is not None:
                 self.monitor.stop()
+        t0 = time.monotonic()
         codes = self.group.stop_all()
         for server in self.results["servers"]:
             server["exit_code"] = codes.get(server["name"])
-        self._log(f"servers stopped: {codes}")
+        self._log(f"servers stopped in {time.monotonic() - t0:.1f} s: {codes}")
         if self.monitor is not None:
             self._write_power()
             with contextlib.suppress(Exception):

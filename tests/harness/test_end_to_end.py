@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("harness")
     cfg = tmp / "harness.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
-    req = write_requests(tmp / "requests.csv", 8, seed=2)
+    req = write_requests(tmp / "requests.csv", 6, seed=2, mean_gap_s=0.03, decode=(4, 10))
     common = ["--config", str(cfg), "--requests", str(req), "--time-scale", str(TIME_SCALE),
               "--nvml-module", f"{NVML_STANDIN}:two_gpus", "--json"]
     procs = {
@@ -45,10 +45,10 @@ def runs(tmp_path_factory):
         stdout, stderr = p.communicate(timeout=240)
         assert p.returncode == 0, stderr[-3000:]
         out[name] = json.loads(stdout)
-    rep = subprocess.run(harness_cmd("report", str(tmp / "single"), str(tmp / "disagg"), "--output-dir", str(tmp / "report"), "--json"),
-                         capture_output=True, text=True, env=harness_env(), timeout=240)
-    assert rep.returncode == 0, rep.stderr[-3000:]
-    return {"tmp": tmp, "requests": pd.read_csv(req), "report": json.loads(rep.stdout), **out}
+    from fluidserve.harness.report import build_report
+
+    report = build_report([str(tmp / "single"), str(tmp / "disagg")], str(tmp / "report"))
+    return {"tmp": tmp, "requests": pd.read_csv(req), "report": report, **out}
 
 
 def test_single_run_writes_both_phases_power_and_logs(runs):
