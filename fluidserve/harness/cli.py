@@ -181,11 +181,11 @@ def _plan(args):
         if args.layout == "single":
             servers = [C.vllm_server(opts, "single", args.gpu, free_port())]
         else:
-            proxy_port = free_port()
+            discovery_port = free_port()  # P2pNcclConnector's proxy registration port: nobody listens
             pk, dk = free_port(), free_port()
-            pre = C.vllm_server(opts, "prefill", args.prefill_gpu, free_port(), args.connector, pk, proxy_port)
-            dec = C.vllm_server(opts, "decode", args.decode_gpu, free_port(), args.connector, dk, proxy_port)
-            servers = [pre, dec, C.proxy_server(pre, dec, proxy_port, args.connector, str(out), pk, dk)]
+            pre = C.vllm_server(opts, "prefill", args.prefill_gpu, free_port(), args.connector, pk, discovery_port)
+            dec = C.vllm_server(opts, "decode", args.decode_gpu, free_port(), args.connector, dk, discovery_port)
+            servers = [pre, dec, C.proxy_server(pre, dec, free_port(), args.connector, str(out), pk, dk)]
             meta.update(connector=args.connector, kv_link_GBps=args.kv_link_GBps)
     factory = None
     if not args.no_power:

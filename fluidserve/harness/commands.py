@@ -4,7 +4,8 @@ vLLM (``python -m vllm.entrypoints.openai.api_server``, the V1 engine; supported
 0.10, where both KV connectors below exist with these flags; checked against the flags of
 vLLM's own examples ``examples/online_serving/disaggregated_serving_p2p_nccl_xpyd`` and
 ``docs/features/nixl_connector_usage.md``). Every instance gets ``CUDA_VISIBLE_DEVICES`` = its
-GPU, ``--seed 0``, prefix caching off (each prompt is computed, as the simulator assumes),
+GPU (with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, so it is the GPU that NVML's PowerMonitor watches under
+the same index), ``--seed 0``, prefix caching off (each prompt is computed, as the simulator assumes),
 and, from the fluidserve config when one is given, ``--max-num-seqs``,
 ``--max-num-batched-tokens`` (= ``system.B``) and ``--block-size``. The disaggregated pair adds
 ``--kv-transfer-config``:
@@ -14,7 +15,9 @@ and, from the fluidserve config when one is given, ``--max-num-seqs``,
   "kv_buffer_size": "1e1" | "8e9", "kv_port": PORT, "kv_connector_extra_config": {"proxy_ip",
   "proxy_port", "http_port", "send_type": "PUT_ASYNC", "nccl_num_channels": "16"}}``, with
   ``VLLM_HOST_IP=127.0.0.1`` so the KV (ZMQ) address of each instance is ``127.0.0.1:kv_port``,
-  which the proxy writes into the request id.
+  which the proxy writes into the request id. (``proxy_port`` is the connector's service-discovery
+  port; the harness's proxy pairs the instances through the request id instead and leaves that
+  port unused.)
 * ``nixl`` (NixlConnector, KV pulled by the decode instance over NIXL/UCX):
   ``{"kv_connector": "NixlConnector", "kv_role": "kv_both"}`` with a distinct
   ``VLLM_NIXL_SIDE_CHANNEL_PORT`` per instance.
@@ -119,7 +122,7 @@ def vllm_server(opts: VllmOptions, name: str, gpu: int, port: int, connector: st
             argv += [flag, str(int(value))]
     if opts.enforce_eager:
         argv.append("--enforce-eager")
-    env = {"CUDA_VISIBLE_DEVICES": str(gpu)}
+    env = {"CUDA_VISIBLE_DEVICES": str(gpu), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}  # CUDA index = NVML index
     if name in ("prefill", "decode"):
         if connector is None or kv_port is None:
             raise InputError(f"{name} instance needs a KV connector and a KV port")

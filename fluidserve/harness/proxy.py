@@ -204,7 +204,10 @@ def create_proxy_app(state: ProxyState):
             rec.update(error=f"prefill: HTTP {pre.status_code}", http_status=pre.status_code)
             state.finish(rec)
             return Response(pre.content, status_code=pre.status_code, media_type="application/json")
-        kv = (pre.json() or {}).get("kv_transfer_params")
+        try:
+            kv = (pre.json() or {}).get("kv_transfer_params")
+        except (ValueError, AttributeError):
+            kv = None
         dec_body = copy.deepcopy(body)
         if kv and state.connector == "nixl":
             dec_body["kv_transfer_params"] = kv

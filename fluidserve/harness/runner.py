@@ -206,7 +206,7 @@ class HarnessRun:
         self.results["phases"][name] = {"status": "running", "max_tokens": max_tokens, "requests": table.name}
         self.write()
         self._log(f"phase {name}: {len(wl)} requests")
-        load = run_load(wl, settings, progress=False, on_request=keep)
+        load = run_load(wl, settings, progress=sys.stderr.isatty(), on_request=keep)
         gaps = load.token_gaps.copy()
         gaps[["time", "gap_s"]] = gaps[["time", "gap_s"]] * ts
         gaps.to_csv(self.out / f"{plan.layout}_{name}_token_gaps.csv", index=False)
@@ -226,6 +226,14 @@ class HarnessRun:
 
     # ------------------------------------------------------------------ finish
     def _finish(self) -> None:
+        """Stop monitoring and every server, write what was measured; a second Ctrl-C waits for this."""
+        old_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._finish_unguarded()
+        finally:
+            signal.signal(signal.SIGINT, old_sigint)
+
+    def _finish_unguarded(self) -> None:
         with contextlib.suppress(Exception):
             if self.monitor is not None:
                 self.monitor.stop()

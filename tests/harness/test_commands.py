@@ -33,7 +33,7 @@ def test_single_instance_command_line():
     assert (_flag(a, "--max-num-seqs"), _flag(a, "--max-num-batched-tokens"), _flag(a, "--block-size"), _flag(a, "--max-model-len")) == \
         ("256", "2048", "16", "4096")
     assert "--no-enable-prefix-caching" in a and "--kv-transfer-config" not in a
-    assert spec.env == {"CUDA_VISIBLE_DEVICES": "3"}
+    assert spec.env == {"CUDA_VISIBLE_DEVICES": "3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     assert spec.url == "http://127.0.0.1:8123"
 
 
@@ -47,7 +47,7 @@ def test_p2p_nccl_pair_command_lines():
                  "kv_connector_extra_config": {"proxy_ip": "127.0.0.1", "proxy_port": "30001", "http_port": "20003",
                                                "send_type": "PUT_ASYNC", "nccl_num_channels": "16"}}
     assert (d["kv_role"], d["kv_buffer_size"], d["kv_port"], d["kv_connector_extra_config"]["http_port"]) == ("kv_consumer", "8e9", "22001", "20005")
-    assert pre.env == {"CUDA_VISIBLE_DEVICES": "0", "VLLM_HOST_IP": "127.0.0.1"}
+    assert pre.env == {"CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "VLLM_HOST_IP": "127.0.0.1"}
     assert dec.env["CUDA_VISIBLE_DEVICES"] == "1"
     proxy = C.proxy_server(pre, dec, 30001, "p2p-nccl", "/tmp/x", 21001, 22001)
     assert _flag(proxy.argv, "--prefill-kv-addr") == "127.0.0.1:21001" and _flag(proxy.argv, "--decode-kv-addr") == "127.0.0.1:22001"
@@ -120,3 +120,16 @@ def test_bad_flags_exit_2_with_one_line(harness_files, capsys, args, named):
 def test_report_of_a_missing_folder_exits_2(tmp_path, capsys):
     assert fluidserve_main(["harness", "report", str(tmp_path / "nothing")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_p2p_nccl_dry_run_keeps_the_discovery_port_off_the_proxy(tmp_path, capsys):
+    req = tmp_path / "r.csv"
+    req.write_text("arrival_time,prefill_length,decode_length\n0,100,20\n")
+    assert fluidserve_main(["harness", "vllm", "disagg", "--model", "m", "--requests", str(req), "--output-dir", str(tmp_path / "o"),
+                            "--vllm-version", "0.11.0", "--dry-run"]) == 0
+    pre, dec, proxy = json.loads(capsys.readouterr().out)["servers"]
+    kv = json.loads(_flag(pre["argv"], "--kv-transfer-config"))
+    assert kv["kv_connector"] == "P2pNcclConnector"  # the default, as the seed test bench
+    assert kv["kv_connector_extra_config"]["proxy_port"] != _flag(proxy["argv"], "--port")
+    assert _flag(proxy["argv"], "--prefill-kv-addr") == f"127.0.0.1:{kv['kv_port']}"
+    assert (pre["gpu"], dec["gpu"]) == (0, 1)
