@@ -17,7 +17,8 @@ seconds for the stand-ins (wall x ``time_scale``). Written into ``output_dir``:
 ``single_results.json`` or ``disaggregated_results.json`` (rewritten after every step, with
 ``status`` running / complete / interrupted / failed), ``{layout}_{phase}_requests.csv`` (the
 client's per-request records), ``{layout}_token_gaps.csv``, ``proxy_requests.csv`` (disagg),
-``{layout}_power_gpu{N}.csv`` (the NVML trace of each GPU), ``workload.csv`` (the requests as
+``{layout}_power_gpu{N}.csv`` (the NVML trace of each GPU; per phase, each GPU's mean power and
+the sampled power integrated over the phase, and the energy per output token), ``workload.csv`` (the requests as
 sent: arrival_time in server seconds, prefill_length, decode_length), ``{layout}_{server}.log``.
 
 A SIGINT or SIGTERM stops the load, stops every server the run started and keeps every result
@@ -271,6 +272,23 @@ class HarnessRun:
                 "samples": int(len(trace)), "energy_source": self.monitor.energy_source,
             }
         self.results["power_duration_s"] = self.monitor.duration_s
+        for name, phase in self.results["phases"].items():
+            win = phase.get("power_window_s")
+            if not win or None in win:
+                continue
+            per_gpu = {}
+            for gpu in self.plan.power_gpus:
+                w = samples[(samples["gpu"] == gpu) & (samples["time_s"] >= win[0]) & (samples["time_s"] <= win[1])]
+                w = w[np.isfinite(w["power_w"])]
+                pw, tw = w["power_w"].to_numpy(), w["time_s"].to_numpy()
+                energy = float(np.sum(np.diff(tw) * (pw[1:] + pw[:-1]) / 2)) if len(w) > 1 else None  # trapezoid
+                per_gpu[str(gpu)] = {"avg_power_w": float(w["power_w"].mean()) if len(w) else None, "energy_j": energy}
+            phase["power"] = per_gpu
+            table = self.out / phase["requests"]
+            tokens = int(pd.read_csv(table)["tokens_received"].sum()) if table.exists() else 0
+            energies = [g["energy_j"] for g in per_gpu.values()]
+            if tokens and None not in energies:
+                phase["energy_per_output_token_j"] = sum(energies) / tokens  # sampled power integrated over the phase
 
     def _metrics(self) -> None:
         """Summary statistics of every metric measured so far (server seconds)."""

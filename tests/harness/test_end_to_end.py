@@ -62,6 +62,9 @@ def test_single_run_writes_both_phases_power_and_logs(runs):
     assert (pre["tokens_received"] == 1).all()  # the prefill phase: max_tokens=1
     assert e2e["tokens_received"].tolist() == runs["requests"]["decode_length"].tolist()
     assert res["power"]["0"]["avg_power_w"] == pytest.approx(300.0, rel=0.01)  # the fake GPU draws 300 W
+    for phase in res["phases"].values():  # constant 300 W over the phase's window
+        t0, t1 = phase["power_window_s"]
+        assert phase["power"]["0"]["energy_j"] == pytest.approx(300.0 * (t1 - t0), rel=0.1)
     assert res["servers"][0]["exit_code"] == 0
 
 

@@ -74,11 +74,11 @@ def test_sigint_and_sigterm_stop_every_server_and_keep_the_results(harness_files
             if proc.poll() is None:
                 proc.kill()
     for layout, (out, proc) in runs.items():
-        assert proc.returncode == 130, stderr[layout][-3000:]
+        assert proc.returncode == 130, (layout, stderr[layout][-3000:])
         assert len(pids[layout]) == (1 if layout == "single" else 3)
-        assert all(_gone(p) for p in pids[layout]), layout
+        assert all(_gone(p) for p in pids[layout]), (layout, stderr[layout][-3000:])
         res = json.loads((out / RESULTS[layout]).read_text())
-        assert res["status"] == "interrupted"
+        assert res["status"] == "interrupted", (layout, res.get("error"), stderr[layout][-3000:])
         assert all(s["exit_code"] is not None for s in res["servers"])
         assert (out / "workload.csv").is_file()
         assert (out / f"{layout}_power_gpu0.csv").is_file()
