@@ -36,8 +36,8 @@ def _read(path):
 
 
 def _ready(layout, out) -> bool:
-    if layout == "single":  # the prefill phase is complete: the e2e phase runs
-        return _read(out / RESULTS[layout]).get("phases", {}).get("prefill", {}).get("status") == "complete"
+    if layout == "single":  # the prefill phase is complete and the e2e phase runs
+        return _read(out / RESULTS[layout]).get("phases", {}).get("e2e", {}).get("status") == "running"
     csv = out / "proxy_requests.csv"  # header + 2 warm-up records + 3 measured ones
     return csv.exists() and len(csv.read_text().splitlines()) >= 1 + 2 + 3
 
