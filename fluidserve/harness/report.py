@@ -2,8 +2,8 @@
 
 For every result file found in the given folders (``single_results.json``,
 ``disaggregated_results.json``) the report predicts the same load on the same layout with the
-simulator, from the run's ``config.yaml`` (system and batch-time model) and the requests as sent
-(``workload.csv``):
+simulator, from the run's ``config.yaml`` (system and batch-time model) and its requests
+(``workload.csv``, sent at the send times of the phase's request table):
 
 * single instance: the engine (:func:`fluidserve.sim.simulator.simulate`), once with
   ``max_tokens=1`` (prefill latency) and once with the requests' own lengths (TTFT, TBT, E2E);
@@ -11,8 +11,9 @@ simulator, from the run's ``config.yaml`` (system and batch-time model) and the 
   decode instance and the run's ``kv_link_GBps`` (prefill latency, KV transfer, decode
   first-token latency, TTFT, TBT, E2E).
 
-``rel_error`` of a metric is (measured mean - predicted mean) / predicted mean. Written into
-the output folder: ``report.md``, ``report.json`` and the figures ``latency_distributions``
+The load is the one the client actually sent (each request at its measured send time; see
+:func:`_workload`). ``rel_error`` of a metric is (measured mean - predicted mean) / predicted
+mean. Written into the output folder: ``report.md``, ``report.json`` and the figures ``latency_distributions``
 (CDF of each latency, measured solid and predicted dashed, one colour per layout),
 ``latency_means`` (the layouts side by side, measured and predicted) and ``power_over_time``
 (each GPU's NVML power, one panel per layout), each as PNG and PDF.
@@ -74,33 +75,53 @@ def measured_samples(run: dict[str, Any]) -> dict[str, pd.Series]:
     return out
 
 
-def _workload(run: dict[str, Any]) -> Workload:
+def _workload(run: dict[str, Any], phase: str) -> tuple[Workload, np.ndarray]:
+    """The requests of ``phase`` as they were sent, and each one's send lag.
+
+    The prediction offers the simulator the load the client actually sent: request i arrives at
+    its measured ``send_time`` (server seconds from the phase's start; the scheduled
+    ``arrival_time`` where it was not recorded). The lag ``send_time - arrival_time`` is returned
+    so that predicted TTFT and E2E can be counted from the scheduled arrival, as the client counts
+    the measured ones."""
     path = run["_dir"] / "workload.csv"
     if not path.exists():
         raise InputError(f"{path} is missing (written by the harness at the start of a run)")
-    df = pd.read_csv(path)
-    return Workload(df["arrival_time"].to_numpy(), df["prefill_length"].to_numpy(), df["decode_length"].to_numpy(), name="harness")
+    df = pd.read_csv(path).set_index("req_id").sort_index()
+    arrival = df["arrival_time"].to_numpy(dtype=float)
+    sent = arrival.copy()
+    table = run["_dir"] / f"{run['layout']}_{phase}_requests.csv"
+    if table.exists():
+        rec = pd.read_csv(table).set_index("req_id")["send_time"].reindex(df.index)
+        sent = np.where(np.isfinite(rec.to_numpy(dtype=float)), rec.to_numpy(dtype=float), arrival)
+    sent = np.maximum.accumulate(np.maximum(sent, arrival))  # sends go out in order, never early
+    wl = Workload(sent, df["prefill_length"].to_numpy(), df["decode_length"].to_numpy(), name=f"harness-{phase}")
+    return wl, sent - arrival
 
 
 def predicted_samples(run: dict[str, Any], cfg) -> dict[str, pd.Series]:
     """Per-request values of each metric as the simulator predicts them for the run's layout and load."""
-    wl = _workload(run)
     if run["layout"] == "single":
         from fluidserve.sim.simulator import simulate
 
+        wl, lag = _workload(run, "prefill")
         one = Workload(wl.arrival_time_s, wl.prefill_tokens, np.ones(len(wl), dtype=np.int64), name="max_tokens=1")
         pre = simulate(cfg, one).requests.set_index("req_id").sort_index()
+        prefill = pre["ttft"] + lag
+        wl, lag = _workload(run, "e2e")
         e2e = simulate(cfg, wl).requests.set_index("req_id").sort_index()
-        return {"prefill_s": pre["ttft"], "ttft_s": e2e["ttft"], "tbt_s": e2e["tpot"], "e2e_s": e2e["total_delay"],
-                "decode_s": e2e["total_delay"] - pre["ttft"]}
+        return {"prefill_s": prefill, "ttft_s": e2e["ttft"] + lag, "tbt_s": e2e["tpot"], "e2e_s": e2e["total_delay"] + lag,
+                "decode_s": e2e["total_delay"] + lag - prefill}
     from fluidserve.sim.disagg import simulate_disagg
 
     link = run.get("kv_link_GBps")
     if link is None:
         raise InputError(f"{run['_dir']}: the disaggregated run has no kv_link_GBps for the prediction")
+    wl, lag = _workload(run, "e2e")
     r = simulate_disagg(cfg, wl, 1, 1, float(link)).requests.set_index("req_id").sort_index()
+    # the proxy's own measures start when it receives the request: no send lag in them
     return {"prefill_s": r["prefill_end"] - r["arrival_time"], "kv_transfer_s": r["kv_transfer_s"],
-            "decode_ttft_s": r["first_token_time"] - r["prefill_end"], "ttft_s": r["ttft"], "tbt_s": r["tbt"], "e2e_s": r["e2e"]}
+            "decode_ttft_s": r["first_token_time"] - r["prefill_end"], "ttft_s": r["ttft"] + lag, "tbt_s": r["tbt"],
+            "e2e_s": r["e2e"] + lag}
 
 
 def compare(measured: dict[str, pd.Series], predicted: dict[str, pd.Series] | None) -> dict[str, dict[str, Any]]:

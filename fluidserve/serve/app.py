@@ -293,10 +293,8 @@ def create_app(state: ServeState):
         max_tokens = requested_max_tokens(req)
         decode_tokens = max_tokens if max_tokens is not None else state.sample_decode_tokens()
         state.check_servable(prompt_tokens, decode_tokens)
-        prefilled = False
-        if state.role == "decode":
-            prefilled = await _await_transferred_kv(req)
-        stream = state.driver.submit(prompt_tokens, decode_tokens, prefilled=prefilled)
+        ready_s = _transferred_kv_ready_s(req) if state.role == "decode" else None
+        stream = state.driver.submit(prompt_tokens, decode_tokens, prefilled=ready_s is not None, arrival_s=ready_s)
         stream.finish_reason = "length" if max_tokens is not None else "stop"
         state.metrics.observe_request(prompt_tokens)
         prefix = "chatcmpl" if isinstance(req, ChatCompletionRequest) else "cmpl"
@@ -321,8 +319,8 @@ def create_app(state: ServeState):
     def _release_slot() -> None:
         state.in_flight -= 1
 
-    async def _await_transferred_kv(req) -> bool:
-        """Decode role: wait until the request's KV has arrived; True when it carries transferred KV."""
+    def _transferred_kv_ready_s(req) -> float | None:
+        """Decode role: simulated time at which the request's transferred KV arrives (None: no KV sent)."""
         from fluidserve.errors import InputError
         from fluidserve.serve.roles import kv_ready_monotonic_s
 
@@ -331,11 +329,8 @@ def create_app(state: ServeState):
         except InputError as exc:
             raise APIError(400, str(exc), param="kv_transfer_params") from None
         if ready is None:
-            return False
-        delay = ready - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        return True
+            return None
+        return (ready - state.clock.t0_wall) * state.clock.time_scale  # same host clock
 
     async def _prefill_role(kind: str, req, prompt_tokens: int):
         """Prefill role: one token at the end of the prefill step, plus the modeled KV transfer."""

@@ -14,7 +14,8 @@ modeled transfer, in the server's simulated seconds:
 ``kv_ready_monotonic_s`` is the host's ``time.monotonic()`` at which the KV has arrived.
 
 ``fluidserve serve --role decode`` models a KV consumer: a request whose ``kv_transfer_params``
-carry ``kv_ready_monotonic_s`` enters the engine at that instant (or now, if later) as
+carry ``kv_ready_monotonic_s`` enters the engine at that instant (or now, if later; it is
+submitted on receipt with that arrival time, so a late wake-up of the server does not shift it) as
 ``prefilled`` (its prompt's KV is present: no prefill step, decode iteration 0 in its first
 step; the same engine call as sim/disagg.py makes for its decode instances). A request without
 them is served like a single instance would (local prefill). Both servers must run on one host
