@@ -67,7 +67,9 @@ def _common(p: argparse.ArgumentParser, backend: str, layout: str) -> None:
     p.add_argument("--warmup-requests", type=int, default=2, help="short requests sent before the measured phases")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     if backend == "sim":
-        p.add_argument("--time-scale", type=float, default=1.0, help="stand-ins' simulated seconds per wall second")
+        p.add_argument("--time-scale", type=float, default=0.1,
+                       help="stand-ins' simulated seconds per wall second (default 0.1: the harness's own HTTP "
+                            "overheads, a few wall ms, stay small beside the simulated latencies)")
         if layout == "disagg":
             p.add_argument("--kv-link-GBps", type=float, default=25.0, help="modeled KV link of the prefill stand-in, GB/s")
     else:

@@ -161,7 +161,8 @@ def latency_distributions(runs: list[dict[str, Any]]):
         ax.set_xlabel(f"{METRIC_LABELS[k]} [ms]")
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if axes[0].lines:
+        axes[0].legend(fontsize=7)
     return fig
 
 
@@ -207,7 +208,10 @@ def power_over_time(runs: list[dict[str, Any]]):
         ax.set_title(LAYOUT_LABELS[r["layout"]], fontsize=9)
         ax.set_xlabel("time since start of monitoring [s]")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no power trace", ha="center", va="center", transform=ax.transAxes)
     axes[0].set_ylabel("board power [W]")
     return fig
 
