@@ -150,6 +150,8 @@ def _plan(args):
         raise InputError(f"--prefill-gpu and --decode-gpu are both {args.prefill_gpu}; give two GPUs")
     if not args.power_period_s > 0:
         raise InputError(f"--power-period-s must be > 0, got {args.power_period_s}")
+    if args.warmup_requests < 0:
+        raise InputError(f"--warmup-requests must be >= 0, got {args.warmup_requests}")
     meta = {"gpus": gpus, "config": "config.yaml" if cfg is not None else None}
     if args.backend == "sim":
         model = args.model or cfg.system.model or "fluidserve-sim"
@@ -196,7 +198,7 @@ def _plan(args):
         def factory(g, _base=base, _p=args.power_period_s):
             return _base(g, _p)
     plan = HarnessPlan(layout=args.layout, backend=args.backend, output_dir=out, workload=wl, model=model,
-                       servers=servers, time_scale=time_scale, power_gpus=gpus, power_factory=factory,
+                       servers=servers, time_scale=time_scale, power_gpus=list(dict.fromkeys(gpus)), power_factory=factory,
                        startup_timeout_s=args.startup_timeout_s, request_timeout_s=args.request_timeout_s,
                        warmup_requests=args.warmup_requests, meta=meta)
     return plan, cfg
