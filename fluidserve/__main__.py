@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate-requests": ("fluidserve.workload.cli", "write a synthetic requests CSV"),
     "predict": ("fluidserve.predict.cli", "fit / evaluate output-length predictors"),
     "study": ("fluidserve.study.cli", "studies: multi-GPU scaling (data and tensor parallel)"),
+    "harness": ("fluidserve.harness.cli", "real-engine experiments: single vs disaggregated vLLM, proxy, power, report"),
 }
 
 

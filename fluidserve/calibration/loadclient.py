@@ -266,8 +266,11 @@ async def _scrape(client, settings: LoadSettings, t0: float, stop: asyncio.Event
 
 
 async def run_load_async(workload: Workload, settings: LoadSettings, power_monitor=None,
-                         progress: bool = False) -> LoadResult:
-    """Send the workload open-loop; returns the per-request, per-token and metrics tables."""
+                         progress: bool = False, on_request=None) -> LoadResult:
+    """Send the workload open-loop; returns the per-request, per-token and metrics tables.
+
+    ``on_request(record, chunk_times)``, when given, is called as each request ends (its
+    REQUEST_TRACE_COLUMNS record and its chunk times), so a caller can keep results as they come."""
     httpx = require("httpx", "calib")
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
     timeout = httpx.Timeout(settings.request_timeout_s, connect=30.0)
@@ -294,6 +297,8 @@ async def run_load_async(workload: Workload, settings: LoadSettings, power_monit
         results = []
         for n, fut in enumerate(asyncio.as_completed(tasks), 1):
             results.append(await fut)
+            if on_request is not None:
+                on_request(*results[-1])
             if progress:
                 print(f"\rcompleted {n}/{len(tasks)}", end="", file=sys.stderr)
         if progress:
@@ -324,9 +329,10 @@ async def run_load_async(workload: Workload, settings: LoadSettings, power_monit
     return LoadResult(requests, gaps, metrics, summary, power_monitor)
 
 
-def run_load(workload: Workload, settings: LoadSettings, power_monitor=None, progress: bool = False) -> LoadResult:
+def run_load(workload: Workload, settings: LoadSettings, power_monitor=None, progress: bool = False,
+             on_request=None) -> LoadResult:
     """Synchronous wrapper of :func:`run_load_async`."""
-    return asyncio.run(run_load_async(workload, settings, power_monitor, progress))
+    return asyncio.run(run_load_async(workload, settings, power_monitor, progress, on_request))
 
 
 def summarize(requests: pd.DataFrame, gaps: pd.DataFrame, wall_s: float) -> dict[str, Any]:

@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace-s", type=float, default=10.0, help="seconds open streams get to finish at shutdown")
     parser.add_argument("--output-dir", default=None, help="write the simulator's request_traces.csv here at shutdown")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--role", default="single", choices=["single", "prefill", "decode"],
+        help="single instance, or a disaggregated prefill / decode stand-in (see fluidserve/serve/roles.py)",
+    )
+    parser.add_argument("--kv-link-GBps", type=float, default=25.0, help="prefill role: KV transfer link speed, GB/s")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -94,6 +99,8 @@ def main(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         max_concurrency=args.max_concurrency,
         max_body_bytes=args.max_body_bytes,
+        role=args.role,
+        kv_link_GBps=args.kv_link_GBps,
     )
     app = create_app(state)
     sock = bind_socket(args.host, args.port)
@@ -104,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
         async def startup(self, sockets=None):
             await super().startup(sockets=sockets)
             print(
-                f"{READY_PREFIX}http://{shown_host}:{port} (model {state.model_name}, time scale {args.time_scale:g})",
+                f"{READY_PREFIX}http://{shown_host}:{port} (model {state.model_name}, time scale {args.time_scale:g}, role {args.role})",
                 file=sys.stderr,
                 flush=True,
             )
