@@ -99,6 +99,10 @@ class BatchTimeConfig(_Strict):
     d1_decode_s: float | None = Field(None, ge=0)
     d1_s: float | None = Field(None, ge=0, description="two-parameter shortcut: d1_prefill = d1_decode = d1")
     d2_kv_s: float | None = Field(None, ge=0)
+    d3_prefill_attn_s: float | None = Field(None, ge=0, description="s per query x key pair of prefill attention")
+    moe_expert_s: float | None = Field(None, ge=0, description="s per distinct expert a step activates (all layers)")
+    moe_num_experts: int | None = Field(None, ge=0, description="routed experts per MoE layer")
+    moe_top_k: int | None = Field(None, ge=0, description="experts per token")
 
     @model_validator(mode="after")
     def _check(self) -> "BatchTimeConfig":
@@ -120,7 +124,8 @@ class BatchTimeConfig(_Strict):
             base = BatchTimeModel.from_yaml(path).to_dict()
         else:
             base = {"d2_kv_s": 0.0}
-        for key in ("d0_s", "d1_prefill_s", "d1_decode_s", "d2_kv_s"):
+        for key in ("d0_s", "d1_prefill_s", "d1_decode_s", "d2_kv_s", "d3_prefill_attn_s", "moe_expert_s",
+                    "moe_num_experts", "moe_top_k"):
             value = getattr(self, key)
             if value is not None:
                 base[key] = value
