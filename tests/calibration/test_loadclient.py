@@ -233,3 +233,17 @@ def test_workload_from_config_or_csv(tmp_path):
     assert len(w) == 7 and (w.prefill_tokens >= 1).all() and (np.diff(w.arrival_time_s) >= 0).all()
     with pytest.raises(InputError, match="--max-requests"):
         loadclient.load_workload(str(cfg), None, 0)
+
+
+def test_schedule_warning_when_the_client_falls_behind():
+    from fluidserve.calibration.loadclient import schedule_warning
+
+    asked = np.arange(1000) / 200.0  # 200 req/s for 5 s
+    assert schedule_warning(asked, asked + 0.002) is None  # on time (2 ms late each)
+    late = np.arange(1000) / 38.0  # the case: 38 req/s actually sent
+    msg = schedule_warning(asked, late)
+    assert msg is not None and "sent 38.0 req/s of 200.0 req/s" in msg
+    assert f"{(late - asked).max():.2f} s late" in msg
+    one_late = asked.copy()
+    one_late[500] += 0.5  # a single stall of 0.5 s
+    assert "0.50 s late" in schedule_warning(asked, one_late)
