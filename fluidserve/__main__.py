@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("fluidserve.sweep.cli", "parameter sweeps over config fields"),
     "experiments": ("fluidserve.outputs.experiments", "list / show / compare / archive / export experiments"),
     "generate-requests": ("fluidserve.workload.cli", "write a synthetic requests CSV"),
+    "docs": ("fluidserve.docs", "write docs/config.md, the reference of every config field"),
 }
 
 
