@@ -8,10 +8,13 @@ file and the dotted field path. Code downstream trusts a loaded :class:`Config`.
 from __future__ import annotations
 
 from pathlib import Path
+import math
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fluidserve import guards
 from fluidserve.batch_time import BatchTimeModel
 from fluidserve.errors import InputError
 from fluidserve.yamlio import read_yaml
@@ -19,6 +22,16 @@ from fluidserve.yamlio import read_yaml
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info) -> Any:
+        """pydantic reads ``true`` as 1 for an int/float field; refuse it (``M_total: true``)."""
+        if isinstance(value, bool):
+            ann = cls.model_fields[info.field_name].annotation
+            if ann is not bool and bool not in typing.get_args(ann):
+                raise ValueError("expected a number, not a boolean")
+        return value
 
 
 class SystemConfig(_Strict):
@@ -77,6 +90,11 @@ class SystemConfig(_Strict):
                     )
             if self.kv_bytes_per_token is None:
                 object.__setattr__(self, "kv_bytes_per_token", 131072)
+        if self.M_total < self.block_size:
+            raise ValueError(
+                f"system.M_total = {self.M_total} tokens is below one KV block (system.block_size = {self.block_size}):"
+                " zero blocks, every request would be rejected"
+            )
         return self
 
     @property
@@ -196,6 +214,12 @@ class WorkloadConfig(_Strict):
     def _check(self) -> "WorkloadConfig":
         if self.source == "trace" and self.trace is None:
             raise ValueError("workload.source is 'trace' but workload.trace (path, format) is missing")
+        guards.check_num_requests(self.num_requests)
+        if self.source == "synthetic" and self.arrival_rate is not None:
+            guards.check_arrival_window(
+                self.num_requests / self.arrival_rate,
+                f"workload.arrival_rate = {self.arrival_rate:g} req/s with {self.num_requests:,} requests",
+            )
         return self
 
 
@@ -206,6 +230,11 @@ class ClusterConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "ClusterConfig":
+        guards.check_replicas(self.replicas)
+        if self.weights is not None:
+            bad = [w for w in self.weights if not math.isfinite(w)]
+            if bad:
+                raise ValueError(f"cluster.weights must be finite numbers, got {bad[0]}")
         if self.router == "weighted":
             if self.weights is None:
                 raise ValueError("cluster.router 'weighted' needs cluster.weights (one per replica)")
@@ -224,6 +253,10 @@ class SimConfig(_Strict):
     max_steps: int | None = Field(None, gt=0, description="safety cap on engine steps")
 
 
+#: the integrators of ``scipy.integrate.solve_ivp`` (``fluid.method``).
+SOLVE_IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+
+
 class FluidConfig(_Strict):
     enabled: bool = True
     num_classes: int = Field(4, ge=1, le=64, description="request classes K (quantile bins of a trace)")
@@ -234,14 +267,21 @@ class FluidConfig(_Strict):
     rtol: float = Field(1e-6, gt=0)
     atol: float = Field(1e-8, gt=0)
     bin_s: float = Field(10.0, gt=0, description="bin width for time-varying arrival rates, s")
-    horizon_s: float | None = Field(None, gt=0, description="solve horizon; default: last arrival + drain time")
+    horizon_s: float | None = Field(None, gt=0, description="solve horizon, s; default: last arrival + drain time")
     stages: int | None = Field(None, ge=1, description="decode stages per class (None: exact, one per token)")
     dt_out_s: float | None = Field(None, gt=0, description="fluid output spacing, s (None: window/2000 in [0.01, 1])")
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if value not in SOLVE_IVP_METHODS:
+            raise ValueError(f"unknown solve_ivp method; choose one of {', '.join(SOLVE_IVP_METHODS)}")
+        return value
 
 
 class Config(_Strict):
     name: str = "default"
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="random seed (numpy needs a non-negative integer)")
     output_dir: str = "results"
     system: SystemConfig
     batch_time: BatchTimeConfig
@@ -253,6 +293,13 @@ class Config(_Strict):
 
     # set by load_config: the directory of the YAML file (for relative paths)
     base_dir: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "Config":
+        w = self.workload
+        if self.fluid.enabled and w.source == "synthetic" and w.arrival_rate is not None:
+            guards.check_fluid_sizes(self.fluid, w.num_requests / w.arrival_rate, estimated=True)
+        return self
 
     def batch_time_model(self) -> BatchTimeModel:
         return self.batch_time.model(Path(self.base_dir) if self.base_dir else None)
@@ -268,6 +315,11 @@ class Config(_Strict):
         return self.model_dump(mode="json", exclude={"base_dir"})
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem, each naming the dotted field path and the bad value."""
     parts = []
@@ -277,7 +329,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         value = err.get("input")
-        shown = "" if err["type"] in ("missing",) or isinstance(value, dict) else f" (got {value!r})"
+        shown = "" if err["type"] in ("missing",) or isinstance(value, dict) else f" (got {_short_repr(value)})"
         parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}")
     return f"{source}: " + "; ".join(parts)
 
@@ -301,7 +353,18 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     data = read_yaml(path, "config")
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
-    return config_from_dict(data, str(path), str(path.parent.resolve()))
+    cfg = config_from_dict(data, str(path), str(path.parent.resolve()))
+    check_overrides_apply(cfg, overrides or {}, f"{path}: override")
+    return cfg
+
+
+def check_overrides_apply(cfg: Config, dotted_keys, source: str) -> None:
+    """Refuse an override that the loaded config would ignore (not silently drop it)."""
+    if cfg.workload.source == "trace" and "workload.num_requests" in dotted_keys:
+        raise InputError(
+            f"{source} workload.num_requests does not apply to a trace workload (workload.source is 'trace'); "
+            "cap the trace with workload.trace.max_requests"
+        )
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

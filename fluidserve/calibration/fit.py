@@ -99,6 +99,12 @@ def validate_profile(df: pd.DataFrame, source: str = "profile") -> pd.DataFrame:
             raise InputError(f"{source}: row {i + 1} (line {i + 2}): {col} must be {need}, got {df[col].iloc[i]!r}")
         out[col] = values
     out["phase"] = out["phase"].astype(str).str.strip().str.lower()
+    bad_phase = ~out["phase"].isin(PHASES[1:])
+    if bad_phase.any():
+        i = int(np.argmax(bad_phase.to_numpy()))
+        raise InputError(
+            f"{source}: row {i + 1} (line {i + 2}): phase {df['phase'].iloc[i]!r} is not one of {', '.join(PHASES[1:])}"
+        )
     out["time_s"] = out["time_ms"] * 1e-3
     return out
 
@@ -605,6 +611,8 @@ def roofline_fill(df: pd.DataFrame, gpu: str | None, model: str | None, tp: int,
 
 @cli_errors
 def main(args: argparse.Namespace) -> int:
+    if args.out and Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a directory; give the preset file, e.g. {Path(args.out) / 'preset.yaml'}")
     df = select_phase(read_profile(args.profile), args.phase, args.profile)
     need_fill = not (df["prefill_tokens"] > 0).any() or not (df["decode_tokens"] > 0).any()
     fill, fill_note = (None, None)

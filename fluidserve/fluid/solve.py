@@ -238,6 +238,11 @@ def solve(cfg, workload, backend: str | None = None, batch_time=None) -> "FluidR
     arrival rate and the series are summed (step_time_s is the replicas' mean).
     """
     check_supported(cfg)
+    from fluidserve import guards
+
+    window_s = float(np.max(workload.arrival_time_s)) if len(workload) else 0.0
+    guards.check_fluid_sizes(cfg.fluid, window_s)
+    guards.check_fluid_window(cfg.fluid, window_s)
     backend = backend or cfg.fluid.backend
     if backend == "stepmap":
         from fluidserve.fluid.stepmap import solve_stepmap

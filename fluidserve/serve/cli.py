@@ -12,8 +12,10 @@ per-request records are written to ``DIR/request_traces.csv`` at shutdown.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -80,6 +82,21 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Terminated(Exception):
+    """SIGTERM, raised after uvicorn's graceful shutdown."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 @cli_errors
 def main(args: argparse.Namespace) -> int:
     _check(args)
@@ -105,6 +122,9 @@ def main(args: argparse.Namespace) -> int:
     app = create_app(state)
     sock = bind_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
+    if not _is_loopback(host):
+        print(f"warning: --host {args.host} binds {host}: the simulated endpoint is reachable from other machines"
+              + ("" if args.api_key else " and has no --api-key"), file=sys.stderr, flush=True)
     shown_host = f"[{host}]" if ":" in host else host
 
     class DrainingServer(uvicorn.Server):
@@ -133,10 +153,16 @@ def main(args: argparse.Namespace) -> int:
     )
     logging.getLogger("fluidserve").setLevel(args.log_level.upper())
     server = DrainingServer(config)
+    # uvicorn drains on SIGINT and SIGTERM, then re-raises the captured signal with the handler
+    # that was set before it started: KeyboardInterrupt for SIGINT, and for SIGTERM this one
+    # (the default handler would kill the process before request_traces.csv is written).
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the captured SIGINT after its graceful shutdown
+    except (KeyboardInterrupt, _Terminated):
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.output_dir:
         from fluidserve.sim.simulator import collect
 
