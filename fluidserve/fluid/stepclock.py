@@ -38,8 +38,8 @@ from fluidserve.errors import InputError
 MAX_GROUPS = 48  # delay groups: quantile bins of D (all distinct values when fewer)
 EMPTY_FRACTION = 1e-7  # the system counts as empty below this fraction of all arrivals
 CHUNK = 512  # macro steps per compiled scan call (JAX) / per progress update
-TARGET_MACRO_STEPS = 3000  # auto stride: macro steps per run
-MAX_STRIDE = 256
+TARGET_MACRO_STEPS = 1500  # auto stride: macro steps per run
+MAX_STRIDE = 512
 
 
 class Groups(NamedTuple):
@@ -189,7 +189,13 @@ class State(NamedTuple):
 
 
 def _arrived(xp, t, c: Consts):
+    """Cumulative arrivals per group at time t (exact for piecewise-constant rates)."""
     nb = c.lam.shape[0]
+    if xp is np:  # scalar fast path
+        b = int(min(max(float(t) // float(c.bin_s), 0), nb))
+        if b >= nb:
+            return c.cum[nb]
+        return c.cum[b] + c.lam[b] * min(max(float(t) - b * float(c.bin_s), 0.0), float(c.bin_s))
     b = xp.clip(xp.floor(t / c.bin_s), 0, nb).astype(int)
     bl = xp.clip(b, 0, nb - 1)
     dt = xp.clip(t - bl * c.bin_s, 0.0, c.bin_s)
@@ -207,6 +213,11 @@ def _loads(xp, hist, c: Consts):
 
 def _caps(xp, c: Consts, ld, extra_seq, extra_tok):
     """(cap, base) of the six linear constraints (eq. sc5): seqs, memory and tokens at the first / last step."""
+    if xp is np:
+        cap = np.array([c.S, c.S, c.M, c.M, c.B, c.B])
+        base = np.array([ld[_I["dec_first"]] + extra_seq, ld[_I["dec_last"]] + extra_seq, ld[_I["mem_first"]],
+                         ld[_I["mem_last"]], ld[_I["dec_first"]] + extra_tok, ld[_I["dec_last"]] + extra_tok])
+        return cap, base
     cap = xp.stack([c.S, c.S, c.M, c.M, c.B, c.B])
     base = xp.stack([ld[_I["dec_first"]] + extra_seq, ld[_I["dec_last"]] + extra_seq, ld[_I["mem_first"]],
                      ld[_I["mem_last"]], ld[_I["dec_first"]] + extra_tok, ld[_I["dec_last"]] + extra_tok])
@@ -335,15 +346,16 @@ def _add0(hist, a):
 
 
 # ---------------------------------------------------------------------------------- driver
-def auto_stride(steps_estimate: float, target_macro_steps: float = TARGET_MACRO_STEPS) -> int:
+def auto_stride(steps_estimate: float, steps_per_bin: float, target_macro_steps: float = TARGET_MACRO_STEPS) -> int:
     """Macro-step length h [engine steps] for ``fluid.step_stride: null``: about
-    ``target_macro_steps`` macro steps per run, 1 <= h <= MAX_STRIDE.
+    ``target_macro_steps`` macro steps per run, at most a quarter of an arrival-rate bin
+    (``steps_per_bin``), 1 <= h <= MAX_STRIDE.
 
     The transport (delays, memory, context) is exact for any h; what h relaxes is the admission
     inside a macro step (a constant rate instead of step by step), an error that stays below the
     arrival-rate bins' resolution while h * tau << fluid.bin_s (measured in the README).
     """
-    return int(max(1, min(MAX_STRIDE, np.ceil(steps_estimate / target_macro_steps))))
+    return int(max(1, min(MAX_STRIDE, np.ceil(steps_estimate / target_macro_steps), np.floor(steps_per_bin / 4.0))))
 
 
 def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None = None, pooled_mix: bool = False):
@@ -385,7 +397,7 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
         total = float(lam.sum() * bin_s)
         tau_guess = bt.d0_s + bt.d1_decode_s * min(s.max_num_seqs, 1.0 + total / max(nb * bin_s, 1e-9)
                                                    * bt.d0_s * groups.decode_tokens @ groups.share)
-        stride = auto_stride(nb * bin_s / max(tau_guess, 1e-6))
+        stride = auto_stride(nb * bin_s / max(tau_guess, 1e-6), bin_s / max(tau_guess, 1e-6))
     h = int(stride)
     w = make_weights(groups.decode_tokens, groups.prefill_tokens, h, (s.block_size - 1) / 2.0, v1)
     L = w.dec_avg.shape[0]
@@ -431,11 +443,15 @@ def run_numpy(c: Consts, horizon_s=None, max_iter: int = 2_000_000, progress=Non
     """Iterate :func:`step` in a numpy loop; per-macro-step outputs stacked (dict of arrays)."""
     st = initial_state(c)
     rec = {k: [] for k in OUT_KEYS}
+    window = c.lam.shape[0] * float(c.bin_s)
+    tol = float(c.empty_tol)
     for i in range(max_iter):
         st, out = step(np, st, c)
         for k in OUT_KEYS:
             rec[k].append(out[k])
-        if _done_mask(out, c, horizon_s):
+        t1 = float(out["t1"])
+        if (t1 >= horizon_s) if horizon_s is not None else (
+                t1 >= window - 1e-9 and float(out["waiting"] + out["swapped"] + out["running"]) <= tol):
             break
         if progress is not None and i % CHUNK == CHUNK - 1:
             progress(float(st.t))

@@ -5,11 +5,12 @@ cumulative arrivals Lambda and the cumulative fresh admissions A. FCFS makes the
 of a request arriving at t_a the step at which A reaches Lambda(t_a) (not before its arrival):
 that is the fluid queueing delay (eq. sc10). On top comes the step-level fluctuation that the
 limit averages out but a request at scale n = 1 sees (eq. sc11): it arrives inside a step
-(length-biased: a step holding more prompt tokens is longer and catches more arrivals) and
-waits its residual; its own prefill step holds its prompt and the prompts that arrived with
-it (compound Poisson over the fluid's local arrival rate and the workload's prompt lengths);
-under vLLM V0 the first token needs one more step. The law is evaluated by sampling with a
-fixed seed; its spread falls as 1/sqrt(n) under the fluid scaling. After the first token the
+(at a uniform fraction of it) and waits its residual; a step lasts its fluid decode part b
+plus d1_prefill times the prompt tokens admitted in it, which are the prompts of the requests
+that arrived during the step before (counted on the workload's own arrival times, so bursts
+and heavy prompts are seen as they are); its own prefill step holds its prompt and the prompts
+of its peers (those that arrived in the same step); under vLLM V0 the first token needs one
+more step. Under the fluid scaling the spread of these sums falls as 1/sqrt(n). After the first token the
 transport is exact in s: the last token comes D - 1 steps later (V0: at the end of step
 s_a + D; V1: s_a + D - 1). Applied to every admissible request of the workload (its own
 arrival time, P and D), this gives the class-resolved sojourn of each request over the length
@@ -60,25 +61,31 @@ def request_delays(t_b: np.ndarray, s_b: np.ndarray, arrived_b: np.ndarray, admi
     lam = (np.diff(arrived_b) / dt)[k]
     P = np.asarray(prefill_tokens, float)
     D = np.asarray(decode_tokens, float)
-    P_mean = float(P.mean()) if n else 0.0
-    # eq. sc11: a step's duration is b + d1p * Y, Y the prompts admitted in it: compound Poisson
-    # over the arrivals of the previous step (mean count lam * tau, prompts from the workload)
-    m = lam * tau
-    b = np.maximum(tau - d1_prefill_s * m * P_mean, d0_s)
+    u = rng.random(n)  # where in the step in progress the request arrives (fraction elapsed)
+    if fluctuations:
+        # eq. sc11: a step lasts b + d1p * (prompt tokens admitted in it), the prompts of the
+        # requests that arrived during the previous step: counted on the actual arrivals
+        order = np.argsort(arrival_s, kind="stable")
+        t_sorted = np.asarray(arrival_s, float)[order]
+        cum_p = np.concatenate([[0.0], np.cumsum(P[order])])
 
-    def compound(mean_count):
-        cnt = rng.poisson(np.maximum(mean_count, 0.0))
-        draws = rng.choice(P, size=int(cnt.sum())) if cnt.sum() and n else np.zeros(0)
-        idx = np.repeat(np.arange(n), cnt)
-        return np.bincount(idx, draws, minlength=n)
+        def prompts(lo, hi):
+            return cum_p[np.searchsorted(t_sorted, hi, side="left")] - cum_p[np.searchsorted(t_sorted, lo, side="left")]
 
-    # the step an arrival falls into is length-biased: with prob b / E[tau] an ordinary step,
-    # else one holding an extra size-biased prompt
-    biased = rng.random(n) >= b / np.maximum(b + d1_prefill_s * m * P_mean, 1e-300)
-    size_biased = rng.choice(P, size=n, p=P / P.sum()) if n else np.zeros(0)
-    tau_in = b + d1_prefill_s * (compound(m) + biased * size_biased) if fluctuations else tau
-    wait = queue + rng.random(n) * tau_in  # residual of the step in progress
-    tau_prefill = b + d1_prefill_s * (P + compound(lam * tau_in)) if fluctuations else tau  # own prefill step
+        P_mean = float(P.mean()) if n else 0.0
+        b = np.maximum(tau - d1_prefill_s * lam * tau * P_mean, d0_s)
+        tau_in = tau
+        for _ in range(2):  # the step in progress, from the arrivals of the step before it
+            start = arrival_s - u * tau_in
+            tau_in = b + d1_prefill_s * prompts(start - tau_in, start)
+        start = arrival_s - u * tau_in
+        end = start + tau_in
+        wait = queue + (end - arrival_s)
+        tau_prefill = b + d1_prefill_s * prompts(start, end + 1e-12)  # its own prefill step, with its peers
+        tau_first = b + d1_prefill_s * prompts(end, end + tau_prefill)  # V0: decode iteration 0
+    else:
+        wait = queue + (1.0 - u) * tau
+        tau_prefill = tau_first = tau
     s_a = np.interp(arrival_s + wait, tb, sb)
 
     def t_of(s):
@@ -88,7 +95,6 @@ def request_delays(t_b: np.ndarray, s_b: np.ndarray, arrived_b: np.ndarray, admi
         ttft = wait + tau_prefill
         rest = t_of(s_a + np.maximum(D, 1.0)) - t_of(s_a + 1.0)
     else:
-        tau_first = b + d1_prefill_s * compound(lam * tau_prefill) if fluctuations else tau  # decode iteration 0
         ttft = wait + tau_prefill + tau_first
         rest = t_of(s_a + 1.0 + D) - t_of(s_a + 2.0)
     e2e = ttft + rest
