@@ -51,8 +51,12 @@ class BatchTimeModel:
         """The seed's model ``d0 + d1 * batch_tokens`` (no KV term)."""
         return cls(d0_s=d0_s, d1_prefill_s=d1_s, d1_decode_s=d1_s, d2_kv_s=0.0)
 
-    def step_time(self, prefill_tokens, decode_tokens, kv_tokens=0.0):
-        """Step duration in seconds. Works on scalars and numpy/JAX arrays alike."""
+    def step_time(self, prefill_tokens, decode_tokens, kv_tokens=0.0, prefill_attention_tokens=0.0):
+        """Step duration in seconds. Works on scalars and numpy/JAX arrays alike.
+
+        ``prefill_attention_tokens`` (sum over prefill chunks of ``c * (k + c)``, chunk ``c`` after
+        ``k`` computed tokens) is passed by the simulator; this model has no coefficient for it.
+        """
         return (
             self.d0_s
             + self.d1_prefill_s * prefill_tokens

@@ -24,8 +24,15 @@ class _Strict(BaseModel):
 class SystemConfig(_Strict):
     """One serving replica (one engine instance)."""
 
-    mode: Literal["swapping", "recompute"] = "swapping"
+    scheduler: Literal["vllm_v1", "vllm_v0"] = Field(
+        "vllm_v1", description="vllm_v1: vLLM V1 (recompute, chunked prefill, prefix caching); vllm_v0: the seed's "
+        "V0 semantics (mode swapping/recompute, victim_policy)")
+    mode: Literal["swapping", "recompute"] = Field("swapping", description="preemption mode of vllm_v0 (vllm_v1 always recomputes)")
     M_total: int | None = Field(None, gt=0, description="KV-cache capacity in tokens")
+    num_gpu_blocks: int | None = Field(
+        None, ge=2, description="KV blocks (vLLM's num_gpu_blocks), instead of M_total; vllm_v1 keeps one as the null block")
+    enable_prefix_caching: bool | None = Field(
+        None, description="prefix caching (vllm_v1 only; default on, like vLLM)")
     gpu: str | None = Field(None, description="GPU preset name, used to derive M_total when it is not given")
     model: str | None = Field(None, description="model preset name, used to derive M_total and KV bytes")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
@@ -33,7 +40,7 @@ class SystemConfig(_Strict):
     block_size: int = Field(16, ge=1, le=1024, description="KV block size in tokens")
     B: int = Field(2048, ge=1, description="max batched tokens per step (prefill + decode)")
     max_num_seqs: int = Field(256, ge=1, description="max sequences in the running batch")
-    chunked_prefill: bool = False
+    chunked_prefill: bool | None = Field(None, description="default: on under vllm_v1 (as vLLM V1), off under vllm_v0")
     swap_bandwidth_GBps: float = Field(25.0, gt=0, description="GPU<->CPU swap bandwidth, GB/s")
     kv_bytes_per_token: int | None = Field(
         None, gt=0, description="KV bytes per token (all layers); from the model preset if omitted, else 131072"
@@ -41,6 +48,17 @@ class SystemConfig(_Strict):
 
     @model_validator(mode="after")
     def _resolve_memory(self) -> "SystemConfig":
+        v1 = self.scheduler == "vllm_v1"
+        if self.chunked_prefill is None:
+            object.__setattr__(self, "chunked_prefill", v1)
+        if self.enable_prefix_caching is None:
+            object.__setattr__(self, "enable_prefix_caching", v1)
+        elif self.enable_prefix_caching and not v1:
+            raise ValueError("system.enable_prefix_caching needs system.scheduler: vllm_v1")
+        if self.num_gpu_blocks is not None:
+            if self.M_total is not None and self.M_total != self.num_gpu_blocks * self.block_size:
+                raise ValueError("give system.M_total or system.num_gpu_blocks, not both")
+            object.__setattr__(self, "M_total", self.num_gpu_blocks * self.block_size)
         if self.M_total is None or self.kv_bytes_per_token is None:
             if self.M_total is None and (self.gpu is None or self.model is None):
                 raise ValueError("give system.M_total (KV tokens), or both system.gpu and system.model to derive it")
@@ -62,8 +80,14 @@ class SystemConfig(_Strict):
         return self
 
     @property
+    def gpu_blocks(self) -> int:
+        """Blocks of the KV pool (``num_gpu_blocks``, else ``M_total // block_size``)."""
+        return self.num_gpu_blocks if self.num_gpu_blocks is not None else self.M_total // self.block_size
+
+    @property
     def total_blocks(self) -> int:
-        return self.M_total // self.block_size
+        """Blocks that hold KV: one less than the pool under vllm_v1 (vLLM's null block)."""
+        return self.gpu_blocks - (1 if self.scheduler == "vllm_v1" else 0)
 
 
 class BatchTimeConfig(_Strict):
@@ -135,6 +159,22 @@ class TraceConfig(_Strict):
         return self
 
 
+class SharedPrefixConfig(_Strict):
+    """Shared system prompts: each request gets one of ``num_groups`` prompts of
+    ``system_prompt_len`` tokens followed by ``question_len`` (inclusive range) private tokens."""
+
+    num_groups: int = Field(..., ge=1)
+    system_prompt_len: int = Field(..., ge=1, description="tokens of each group's shared system prompt")
+    question_len: tuple[int, int] = Field(..., description="[lo, hi] private prompt tokens after it")
+
+    @model_validator(mode="after")
+    def _range(self) -> "SharedPrefixConfig":
+        lo, hi = self.question_len
+        if not 0 <= lo <= hi:
+            raise ValueError(f"workload.shared_prefix.question_len must be [lo, hi] with 0 <= lo <= hi, got {list(self.question_len)}")
+        return self
+
+
 class WorkloadConfig(_Strict):
     source: Literal["synthetic", "trace"] = "synthetic"
     scenario: Literal["normal", "heavy", "bursty"] = "normal"
@@ -144,6 +184,8 @@ class WorkloadConfig(_Strict):
     gamma_cv: float = Field(2.0, gt=1, description="coefficient of variation of Gamma inter-arrivals (> 1)")
     mmpp: MMPPConfig | None = None
     trace: TraceConfig | None = None
+    shared_prefix: SharedPrefixConfig | None = Field(
+        None, description="synthetic prompts = a shared system prompt + a private question (prefix caching)")
 
     @model_validator(mode="after")
     def _check(self) -> "WorkloadConfig":

@@ -37,7 +37,8 @@ def test_default_values():
     cfg = load_config(ROOT / "config" / "default.yaml")
     bt = cfg.batch_time_model()
     assert bt.d0_s == pytest.approx(0.0068)
-    assert cfg.system.total_blocks == 32000 // 16
+    assert cfg.system.scheduler == "vllm_v1" and cfg.system.enable_prefix_caching and cfg.system.chunked_prefill
+    assert cfg.system.total_blocks == 32000 // 16 - 1  # vLLM's null block
     assert cfg.workload.arrival_rate == 200.0
 
 

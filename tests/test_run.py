@@ -14,8 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def small_config(tmp_path, **patch) -> Path:
-    data = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+def small_config(tmp_path, base="default.yaml", **patch) -> Path:
+    data = yaml.safe_load((ROOT / "config" / base).read_text())
     data["workload"]["num_requests"] = 600
     data["fluid"] = {"enabled": False}
     for dotted, value in patch.items():
@@ -57,7 +57,7 @@ def test_main_job_writes_every_output(tmp_path):
 
 
 def test_main_job_with_fluid_model(tmp_path):
-    cfg = small_config(tmp_path, fluid={"enabled": True})
+    cfg = small_config(tmp_path, base="seed_swapping.yaml", fluid={"enabled": True})  # the fluid model is vllm_v0
     proc = run_cli("--config", cfg, "--output-dir", tmp_path / "out", "--json", "--quiet", "--no-figures")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)

@@ -69,6 +69,11 @@ class FluidParams(NamedTuple):
 
 def check_supported(cfg) -> None:
     """Raise UnsupportedError for configs the fluid model does not represent (never approximate)."""
+    if cfg.system.scheduler != "vllm_v0":
+        raise UnsupportedError(
+            f"fluid model: system.scheduler={cfg.system.scheduler} is not modeled (the fluid equations follow "
+            "vllm_v0: first token after the first decode iteration, swapping; see config/seed_swapping.yaml)"
+        )
     if cfg.system.chunked_prefill:
         raise UnsupportedError("fluid model: system.chunked_prefill=true is not modeled (prefill is one step)")
     if cfg.policy.victim_policy != "LIFO":

@@ -158,6 +158,8 @@ def summarize(result: SimResult) -> dict[str, Any]:
         counts = result.events["event"].value_counts()
         for ev in ("admit", "swap_out", "swap_in", "preempt", "complete"):
             out[f"events_{ev}"] = int(counts.get(ev, 0))
+    out["scheduler"] = result.meta.get("scheduler")
+    out["prefix_cache_hit_rate"] = result.meta.get("prefix_cache_hit_rate")
     out["sim_wall_time_s"] = _num(result.wall_time_s)
     return {k: _plain(v) for k, v in out.items()}
 
@@ -210,4 +212,6 @@ def format_summary(summary: dict[str, Any], title: str = "") -> str:
             f"preemption {summary.get('swap_count')} swap-outs ({summary.get('requests_swapped')} requests), "
             f"{summary.get('preempt_count')} recompute preemptions ({summary.get('requests_preempted')} requests)"
         )
+    if summary.get("scheduler"):
+        lines.append(f"scheduler  {summary['scheduler']}, prefix-cache hit rate {f('prefix_cache_hit_rate', 100, '%', 1)}")
     return "\n".join(lines) + "\n"

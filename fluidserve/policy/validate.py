@@ -31,6 +31,7 @@ from fluidserve.policy.lp import LpSolution
 from fluidserve.policy.lp_config import LpConfig
 from fluidserve.policy.problem import PoolModel, pool_models
 from fluidserve.policy.steady import steady_state
+from fluidserve.sim.routers import dispatch, make_router, route
 from fluidserve.sim.simulator import collect, make_engine
 from fluidserve.workload.arrivals import poisson_arrivals
 from fluidserve.workload.base import Workload
@@ -147,22 +148,14 @@ def simulate_policy(
         p = pools[rep.pool]
         bt = p.freq.batch_time(p.batch_time, rep.clock_mhz)
         engines.append(make_engine(pcfgs[rep.pool], replica=r, batch_time=bt))
-    R = len(engines)
     n = len(workload)
     arr = workload.arrival_time_s.tolist()
     P = workload.prefill_tokens.tolist()
     D = workload.decode_tokens.tolist()
     cls = workload.priority.tolist()
 
-    if router == "round_robin":
-        for i in range(n):
-            engines[i % R].submit(i, arr[i], P[i], D[i], 0)
-    elif router == "least_loaded":
-        for i in range(n):
-            for e in engines:
-                e.run(until=arr[i])
-            best = min(range(R), key=lambda r: (engines[r].in_system, r))
-            engines[best].submit(i, arr[i], P[i], D[i], 0)
+    if router in ("round_robin", "least_loaded"):
+        dispatch(make_router(router), engines, arr, lambda i, r: engines[r].submit(i, arr[i], P[i], D[i], 0))
     elif router == "lp":
         if sol is None:
             raise ValueError("router 'lp' needs the LP solution")
@@ -183,8 +176,7 @@ def simulate_policy(
             targets.append(subs)
             weights.append(w / w.sum())
         current = [np.zeros(len(t)) for t in targets]
-        rr_pos = {s: 0 for s in members}
-        sync = within == "least_loaded"
+        inner = make_router(within)
         for i in range(n):
             k = cls[i]
             cur = current[k]
@@ -192,14 +184,7 @@ def simulate_policy(
             t = int(np.argmax(cur))
             cur[t] -= 1.0
             s = targets[k][t]
-            reps = members[s]
-            if sync:
-                for r in reps:
-                    engines[r].run(until=arr[i])
-                best = min(reps, key=lambda r: (engines[r].in_system, r))
-            else:
-                best = reps[rr_pos[s] % len(reps)]
-                rr_pos[s] += 1
+            best = route(inner, engines, arr[i], members[s])
             engines[best].submit(i, arr[i], P[i], D[i], 0)
     else:
         raise ValueError(f"unknown router {router!r}")
@@ -210,10 +195,11 @@ def simulate_policy(
 
 def replica_energy(eng, pool: PoolModel, clock_mhz: float, t0: float, t1: float) -> tuple[float, int, float]:
     """(energy J, output tokens, busy s) of one engine over steps starting in [t0, t1)."""
-    if not eng.snapshots:
+    frame = eng.snapshot_frame()
+    if frame.empty:
         return pool.freq.idle_w * (t1 - t0), 0, 0.0
-    snap = np.asarray([(s[0], s[4], s[5], s[6], s[7]) for s in eng.snapshots], dtype=np.float64)
-    t, pre, dec, kv, dt = snap.T
+    cols = ["time", "prefill_tokens", "decode_tokens", "kv_tokens", "batch_duration"]
+    t, pre, dec, kv, dt = frame[cols].to_numpy(dtype=np.float64).T
     m = (t >= t0) & (t < t1)
     bt = pool.freq.batch_time(pool.batch_time, clock_mhz)
     en = pool.freq.energy_model(pool.batch_time, clock_mhz)

@@ -99,20 +99,12 @@ class ServeState:
 
     def check_servable(self, prompt_tokens: int, decode_tokens: int) -> None:
         """400 for requests the engine would reject (same conditions as the engine)."""
-        eng = self.engine
-        blocks = -(-(prompt_tokens + decode_tokens) // eng.bs)
-        if blocks > eng.total_blocks:
+        reason = self.engine.rejection_reason(prompt_tokens, decode_tokens)
+        if reason is not None:
+            param = "prompt" if "budget" in reason else "max_tokens"
             raise APIError(
-                400,
-                f"prompt ({prompt_tokens} tokens) + max_tokens ({decode_tokens}) needs {blocks} KV blocks, "
-                f"more than the simulated KV cache holds ({eng.total_blocks} blocks of {eng.bs} tokens)",
-                param="max_tokens",
-            )
-        if not eng.chunked and prompt_tokens > eng.B:
-            raise APIError(
-                400,
-                f"prompt of {prompt_tokens} tokens exceeds the token budget B={eng.B} (chunked prefill is off)",
-                param="prompt",
+                400, f"prompt ({prompt_tokens} tokens) + max_tokens ({decode_tokens}) cannot be served: {reason}",
+                param=param,
             )
 
     def check_auth(self, headers) -> None:

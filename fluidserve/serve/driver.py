@@ -11,8 +11,9 @@ offline), and the tokens it emits are released when the clock reaches the step's
 release times are absolute simulated times, so a late wake-up delays delivery but never
 shifts the simulated timeline, and the engine's own records stay exact.
 
-Token accounting follows the engine (fluidserve/sim/engine.py): a request decoding since step
-``s0`` with ``g0`` iterations done emits token ``g0 + (s - s0) + 1`` at the end of step ``s``.
+Token accounting follows the engine's public API (fluidserve/sim/engine.py):
+``engine.output_tokens(handle)`` is the number of tokens a request has emitted by the end of the
+last executed step, ``engine.step()`` executes one step and returns its ``StepRecord``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from fluidserve.errors import InputError
-from fluidserve.sim.engine import DECODING, DONE, ReplicaEngine
+from fluidserve.sim.engine import ReplicaEngine
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +52,6 @@ class SimClock:
         return self.t0_wall + sim_s / self.time_scale
 
 
-def emitted_tokens(engine: ReplicaEngine, i: int, step: int) -> int:
-    """Output tokens request ``i`` (engine-local id) has emitted by the end of ``step``.
-
-    ``step`` must be the engine's last executed step (``engine.step - 1``): the per-request
-    state describes the present, not the past.
-    """
-    st = engine.state[i]
-    if st == DONE:
-        return engine.D0[i]
-    g0 = engine.g0[i]
-    if st == DECODING and engine.s0[i] <= step:
-        return g0 + step - engine.s0[i] + 1
-    return g0  # waiting, prefilling, swapped, or decoding from the next step on
-
-
 def token_times_offline(engine: ReplicaEngine) -> dict[int, list[float]]:
     """Run a loaded engine to the end one step at a time, as the driver does, without a clock.
 
@@ -73,24 +59,18 @@ def token_times_offline(engine: ReplicaEngine) -> dict[int, list[float]]:
     would see from the endpoint with zero network delay. (Used by tests and the e2e loop.)
     """
     times: dict[int, list[float]] = {}
-    open_ = {i: 0 for i in range(len(engine.gid))}
+    open_ = {h: 0 for h in range(engine.num_submitted)}
     while True:
-        start = None
-        if engine.n_dec or engine.prefilling or engine.n_wait or engine.n_swapped:
-            start = engine.t
-        elif engine.pending:
-            start = max(engine.t, engine.arr[engine.pending[0]])
-        if start is None:
+        rec = engine.step()
+        if rec is None:
             break
-        engine.run(until=math.nextafter(start, math.inf))
-        step = engine.step - 1
-        for i in list(open_):
-            n = emitted_tokens(engine, i, step)
-            if n > open_[i]:
-                times.setdefault(engine.gid[i], []).extend([engine.t] * (n - open_[i]))
-                open_[i] = n
-                if n >= engine.D0[i]:
-                    del open_[i]
+        for h in list(open_):
+            n = engine.output_tokens(h)
+            if n > open_[h]:
+                times.setdefault(engine.gid_of(h), []).extend([rec.end_s] * (n - open_[h]))
+                open_[h] = n
+                if n >= engine.decode_tokens_of(h):
+                    del open_[h]
     return times
 
 
@@ -165,11 +145,8 @@ class SimDriver:
         eng = self.engine
         gid = self._next_gid
         self._next_gid += 1
-        arrival = self.clock.now_s()
-        if eng.arr and arrival < eng.arr[-1]:
-            arrival = eng.arr[-1]  # the monotonic clock never goes back; guard float ties
-        local = len(eng.gid)
-        eng.submit(gid, arrival, prefill_tokens, decode_tokens)
+        arrival = max(self.clock.now_s(), eng.last_arrival_s)  # guard float ties
+        local = eng.submit(gid, arrival, prefill_tokens, decode_tokens)
         stream = TokenStream(gid, local, prefill_tokens, decode_tokens, arrival)
         self.active[local] = stream
         if self._wake is not None:
@@ -179,12 +156,7 @@ class SimDriver:
     # ------------------------------------------------------------------- loop
     def next_step_start_s(self) -> float | None:
         """Simulated start time of the next engine step, or None when the engine is idle."""
-        eng = self.engine
-        if eng.n_dec or eng.prefilling or eng.n_wait or eng.n_swapped:
-            return eng.t
-        if eng.pending:
-            return max(eng.t, eng.arr[eng.pending[0]])
-        return None
+        return self.engine.next_step_start_s()
 
     async def _sleep_until(self, sim_s: float) -> None:
         delay = self.clock.wall_of(sim_s) - time.monotonic()
@@ -203,16 +175,17 @@ class SimDriver:
                     await self._wake.wait()
                     continue
                 await self._sleep_until(start)
-                eng.run(until=math.nextafter(start, math.inf))  # exactly the step starting at `start`
-                step = eng.step - 1
-                t_end = eng.t
+                rec = eng.step()  # exactly the step starting at `start`
+                if rec is None:
+                    continue
+                t_end = rec.end_s
                 due = []
                 for i, stream in self.active.items():
-                    n = emitted_tokens(eng, i, step)
+                    n = eng.output_tokens(i)
                     if n > stream.scheduled:
                         stream.scheduled = n
                         due.append(stream)
-                snapshot = eng.snapshots.pop() if eng.snapshots else None
+                snapshot = eng.pop_snapshot()
                 self.steps += 1
                 await self._sleep_until(t_end)
                 lag_s = time.monotonic() - self.clock.wall_of(t_end)

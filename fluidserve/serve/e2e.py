@@ -77,8 +77,12 @@ def calibration_workload(
 
 
 def serve_config(truth: BatchTimeModel, system: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
-    """A config dict for the endpoint: ``truth`` as batch_time, no chunked prefill, no preemption."""
-    sysc = {"M_total": 4_000_000, "block_size": 16, "B": 8192, "max_num_seqs": 512}
+    """A config dict for the endpoint: ``truth`` as batch_time, no chunked prefill, no preemption.
+
+    The step profile (``streamprofile``) reads token times with the ``vllm_v0`` timing (first token
+    at the end of the first decode step), so the endpoint runs that scheduler.
+    """
+    sysc = {"scheduler": "vllm_v0", "M_total": 4_000_000, "block_size": 16, "B": 8192, "max_num_seqs": 512}
     sysc.update(system or {})
     sysc["chunked_prefill"] = False
     return {"name": "e2e-calibration", "seed": seed, "system": sysc, "batch_time": truth.to_dict()}

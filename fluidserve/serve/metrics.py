@@ -84,15 +84,15 @@ class ServeMetrics:
                     g.add_metric([model_name], value)
                     return g
 
-                yield gauge("vllm:num_requests_running", "Requests in the running batch.", engine.n_dec + len(engine.prefilling))
-                yield gauge("vllm:num_requests_waiting", "Requests waiting to be admitted.", engine.n_wait + len(engine.pending))
-                yield gauge("vllm:num_requests_swapped", "Requests swapped out to CPU.", engine.n_swapped)
-                usage = engine.used / engine.total_blocks if engine.total_blocks else 0.0
+                yield gauge("vllm:num_requests_running", "Requests in the running batch.", engine.num_running)
+                yield gauge("vllm:num_requests_waiting", "Requests waiting to be admitted.", engine.num_waiting + engine.num_pending)
+                yield gauge("vllm:num_requests_swapped", "Requests swapped out to CPU.", engine.num_swapped)
+                usage = engine.kv_blocks_used / engine.kv_blocks_total if engine.kv_blocks_total else 0.0
                 yield gauge("vllm:gpu_cache_usage_perc", "KV-cache usage, fraction of blocks in use (0..1).", usage)
                 yield gauge("fluidserve:sim_time_seconds", "Current simulated time.", clock.now_s())
                 yield gauge("fluidserve:time_scale", "Simulated seconds per wall second.", clock.time_scale)
                 c = CounterMetricFamily("vllm:num_preemptions", "Preemptions (swap-outs and recomputes).", labels=labels)
-                c.add_metric([model_name], sum(engine.swaps) + sum(engine.preempts))
+                c.add_metric([model_name], engine.num_preemptions)
                 yield c
 
         reg.register(_EngineGauges())

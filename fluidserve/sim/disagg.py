@@ -26,6 +26,7 @@ from fluidserve.batch_time import BatchTimeModel
 from fluidserve.config import Config
 from fluidserve.errors import InputError
 from fluidserve.sim.result import SimResult
+from fluidserve.sim.routers import make_router, route
 from fluidserve.sim.simulator import collect, make_engine
 from fluidserve.workload.base import Workload
 
@@ -140,11 +141,10 @@ def simulate_disagg(
     engines = [make_engine(cfg, r, dbt) for r in range(n_decode)]
     order = np.argsort(handoff[:, 3], kind="stable")
     dest = np.zeros(n, dtype=np.int64)
+    router = make_router("least_loaded")
     for i in order:
         t = float(handoff[i, 3])
-        for e in engines:
-            e.run(until=t)
-        r = min(range(n_decode), key=lambda k: (engines[k].in_system, k))
+        r = route(router, engines, t)
         engines[r].submit(int(i), t, int(P[i]), int(D[i]), 0, prefilled=True)
         dest[i] = r
     for e in engines:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from fluidserve.config import Config
 from fluidserve.sim.engine import ReplicaEngine
+from fluidserve.sim.routers import dispatch, make_router
 from fluidserve.sim.result import (
     EVENT_COLUMNS,
     MEMORY_EVENT_COLUMNS,
@@ -23,9 +24,18 @@ from fluidserve.workload.base import Workload
 def make_engine(cfg: Config, replica: int = 0, batch_time=None) -> ReplicaEngine:
     """A :class:`ReplicaEngine` configured from ``cfg`` (batch time from ``cfg`` unless given)."""
     sysc = cfg.system
+    bt = batch_time if batch_time is not None else cfg.batch_time_model()
+    if sysc.scheduler == "vllm_v1":
+        return ReplicaEngine(
+            bt, scheduler="vllm_v1", num_gpu_blocks=sysc.gpu_blocks, block_size=sysc.block_size, B=sysc.B,
+            max_num_seqs=sysc.max_num_seqs, policy=cfg.policy.queue_policy, chunked_prefill=sysc.chunked_prefill,
+            enable_prefix_caching=sysc.enable_prefix_caching, record_events=cfg.sim.record_events,
+            snapshot_every=cfg.sim.snapshot_every, replica=replica, max_steps=cfg.sim.max_steps,
+        )
     swap_s_per_token = sysc.kv_bytes_per_token / (sysc.swap_bandwidth_GBps * 1e9)
     return ReplicaEngine(
-        batch_time=batch_time if batch_time is not None else cfg.batch_time_model(),
+        batch_time=bt,
+        scheduler="vllm_v0",
         M_total=sysc.M_total,
         block_size=sysc.block_size,
         B=sysc.B,
@@ -41,26 +51,6 @@ def make_engine(cfg: Config, replica: int = 0, batch_time=None) -> ReplicaEngine
         seed=cfg.seed + 7919 * replica,
         max_steps=cfg.sim.max_steps,
     )
-
-
-def static_assignment(n: int, replicas: int, router: str, weights: list[float] | None) -> np.ndarray:
-    """Replica index of each request for the load-independent routers.
-
-    ``round_robin`` sends request i to replica i mod R; ``weighted`` uses smooth weighted
-    round robin (deterministic; over any window replica r gets a share weights[r]/sum).
-    """
-    if router == "round_robin" or replicas == 1:
-        return np.arange(n) % replicas
-    w = np.asarray(weights, dtype=float)
-    w = w / w.sum()
-    current = np.zeros(replicas)
-    out = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        current += w
-        r = int(np.argmax(current))
-        current[r] -= 1.0
-        out[i] = r
-    return out
 
 
 def simulate(cfg: Config, workload: Workload, progress: bool = False, batch_time=None) -> SimResult:
@@ -88,21 +78,16 @@ def simulate(cfg: Config, workload: Workload, progress: bool = False, batch_time
         bar = tqdm(total=n, desc="simulating", unit="req", leave=False, mininterval=0.5)
     tick = bar.update if bar is not None else None
 
-    if cfg.cluster.router == "least_loaded" and R > 1:
-        for i in range(n):
-            a = arr[i]
-            for e in engines:
-                e.run(until=a, progress=tick)
-            best = min(range(R), key=lambda r: (engines[r].in_system, r))
-            engines[best].submit(i, a, P[i], D[i], pr[i])
-        for e in engines:
-            e.run(progress=tick)
-    else:
-        assign = static_assignment(n, R, cfg.cluster.router, cfg.cluster.weights)
-        for i in range(n):
-            engines[assign[i]].submit(i, arr[i], P[i], D[i], pr[i])
-        for e in engines:
-            e.run(progress=tick)
+    g = workload.prefix_group.tolist()
+    L = workload.prefix_length.tolist()
+    router = make_router(cfg.cluster.router, cfg.cluster.weights)
+
+    def submit(i: int, r: int) -> None:
+        engines[r].submit(i, arr[i], P[i], D[i], pr[i], prefix_group=g[i], prefix_length=L[i])
+
+    dispatch(router, engines, arr, submit, progress=tick)
+    for e in engines:
+        e.run(progress=tick)
     if bar is not None:
         bar.close()
 
@@ -114,7 +99,12 @@ def simulate(cfg: Config, workload: Workload, progress: bool = False, batch_time
 def collect(engines: list[ReplicaEngine], workload: Workload | None = None) -> SimResult:
     """Assemble the result tables from finished (or paused) engines."""
     req_frames, snap_frames, ev_rows, mem_rows, rej_rows = [], [], [], [], []
+    hits = queries = 0
     for e in engines:
+        kv = getattr(e, "kv", None)
+        if kv is not None and kv.caching:
+            hits += kv.hit_tokens
+            queries += kv.query_tokens
         if not e.gid:
             continue
         gid = np.asarray(e.gid, dtype=np.int64)
@@ -173,6 +163,7 @@ def collect(engines: list[ReplicaEngine], workload: Workload | None = None) -> S
         rejected=pd.DataFrame(rej_rows, columns=REJECTED_COLUMNS),
         M_total=engines[0].M_total,
         replicas=len(engines),
-        num_steps=sum(e.step for e in engines),
-        meta={"block_size": engines[0].bs, "total_blocks": engines[0].total_blocks},
+        num_steps=sum(e.step_index for e in engines),
+        meta={"block_size": engines[0].bs, "total_blocks": engines[0].total_blocks, "scheduler": engines[0].scheduler,
+              "prefix_cache_hit_rate": hits / queries if queries else None},
     )

@@ -75,4 +75,5 @@ def build_workload(w, seed: int, resolve_path: Callable[[str], Path] = Path) -> 
         arrival_process=w.arrival_process,
         gamma_cv=w.gamma_cv,
         mmpp=w.mmpp,
+        shared_prefix=w.shared_prefix,
     )

@@ -27,6 +27,11 @@ bursty     1.0 req/s       80 %          10-60/10-40   150-200/80-100  on/off MM
 Class labels: short requests get priority 0, long ones priority 1 (``queue_policy: priority``
 serves lower values first). ``arrival_rate`` overrides the scenario default.
 
+``shared_prefix`` (``num_groups``, ``system_prompt_len``, ``question_len``): each prompt is one of
+``num_groups`` system prompts (uniform) of ``system_prompt_len`` tokens followed by a private
+question of ``question_len`` tokens (uniform, inclusive); output lengths and labels stay the
+scenario's. Requests carry ``prefix_group`` and ``prefix_length = system_prompt_len``.
+
 Lengths and arrivals come from two independent streams spawned from the seed, so changing the
 arrival process or rate leaves the request lengths unchanged (common random numbers).
 """
@@ -159,6 +164,7 @@ def synthetic_workload(
     arrival_process: str = "poisson",
     gamma_cv: float = 2.0,
     mmpp: MMPPConfig | None = None,
+    shared_prefix=None,
 ) -> Workload:
     """``n`` requests of ``scenario``; ``arrival_rate`` (req/s) overrides the scenario default.
 
@@ -172,4 +178,12 @@ def synthetic_workload(
     arrival_ss, length_ss = ss.spawn(2)
     prefill, decode, priority = sample_lengths(sc, n, np.random.default_rng(length_ss))
     arrivals = sample_arrivals(n, rate, np.random.default_rng(arrival_ss), process, gamma_cv, mmpp)
-    return Workload(arrivals, prefill, decode, priority, name=f"{scenario}-{process}")
+    if shared_prefix is None:
+        return Workload(arrivals, prefill, decode, priority, name=f"{scenario}-{process}")
+    rng = np.random.default_rng(ss.spawn(3)[2])
+    group = rng.integers(0, shared_prefix.num_groups, size=n)
+    lo, hi = shared_prefix.question_len
+    L = shared_prefix.system_prompt_len
+    prefill = L + rng.integers(lo, hi, endpoint=True, size=n)
+    return Workload(arrivals, prefill, decode, priority, name=f"{scenario}-{process}-shared",
+                    prefix_group=group, prefix_length=np.full(n, L))

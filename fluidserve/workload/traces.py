@@ -166,7 +166,8 @@ def _parse(path: Path, fmt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
         pr = np.zeros(len(df), dtype=np.int64)
         reasons = [("failed", d == 0), ("zero_prefill", (p == 0) & (d > 0))]
     elif fmt == "generic":
-        df = _read_columns(path, ["arrival_time", "prefill_length", "decode_length"], ("priority",))
+        df = _read_columns(path, ["arrival_time", "prefill_length", "decode_length"],
+                           ("priority", "prefix_group", "prefix_length"))
         t = numeric_column(df, "arrival_time", path, integer=False)
         t = t - t.min()
         p = numeric_column(df, "prefill_length", path, integer=True, min_value=1)
@@ -176,6 +177,14 @@ def _parse(path: Path, fmt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
             if "priority" in df.columns
             else np.zeros(len(df), dtype=np.int64)
         )
+        if "prefix_group" in df.columns:  # shared system prompts (vllm_v1 prefix caching)
+            g = numeric_column(df, "prefix_group", path, integer=True)
+            L = numeric_column(df, "prefix_length", path, integer=True) if "prefix_length" in df.columns else np.zeros(len(df), dtype=np.int64)
+            bad = (L < 0) | (L > p)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise InputError(f"{path} row {i + 1}: prefix_length {L[i]} must be in [0, prefill_length={p[i]}]")
+            pr = np.column_stack([pr, g, np.where(g >= 0, L, 0)])
         reasons = []
     else:
         raise InputError(f"unknown trace format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -211,6 +220,8 @@ def read_trace(
         raise InputError(f"trace max_requests must be >= 1, got {max_requests!r}")
 
     t, p, d, pr, dropped = _parse(path, format)
+    if pr.ndim == 1:  # priority, prefix_group, prefix_length
+        pr = np.column_stack([pr, np.full(len(pr), -1, dtype=np.int64), np.zeros(len(pr), dtype=np.int64)])
     rows = len(t) + sum(dropped.values())
     in_window = t >= start_s
     if end_s is not None:
@@ -230,7 +241,8 @@ def read_trace(
     if len(t) == 0:
         why = ", ".join(f"{k}={v}" for k, v in dropped.items() if v)
         raise InputError(f"{path}: no requests left after filtering {rows} rows ({why})")
-    return LoadedTrace(Workload(t, p, d, pr, name=path.stem), rows, dropped)
+    wl = Workload(t, p, d, pr[:, 0], name=path.stem, prefix_group=pr[:, 1], prefix_length=pr[:, 2])
+    return LoadedTrace(wl, rows, dropped)
 
 
 def load_trace(path: str | Path, format: str = "generic", **options) -> Workload:

@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def default_cfg():
-    return load_config(ROOT / "config" / "default.yaml")
+    return load_config(ROOT / "config" / "seed_swapping.yaml")
 
 
 def cfg_with(**overrides):
-    return load_config(ROOT / "config" / "default.yaml", overrides)
+    return load_config(ROOT / "config" / "seed_swapping.yaml", overrides)

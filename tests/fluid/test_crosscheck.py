@@ -51,7 +51,7 @@ def test_cli_writes_table_figures_and_json(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     crosscheck.add_arguments(parser)
     args = parser.parse_args([
-        "--config", str(ROOT / "config" / "default.yaml"), "--scenarios", "underloaded", "--scales", "1,2",
+        "--config", str(ROOT / "config" / "seed_swapping.yaml"), "--scenarios", "underloaded", "--scales", "1,2",
         "--dt-out", "0.05", "--output-dir", str(tmp_path), "--json",
     ])
     assert crosscheck.main(args) == 0
@@ -66,7 +66,7 @@ def test_cli_rejects_unknown_scenario(tmp_path, capsys):
 
     parser = argparse.ArgumentParser()
     crosscheck.add_arguments(parser)
-    args = parser.parse_args(["--config", str(ROOT / "config" / "default.yaml"), "--scenarios", "nope",
+    args = parser.parse_args(["--config", str(ROOT / "config" / "seed_swapping.yaml"), "--scenarios", "nope",
                               "--output-dir", str(tmp_path)])
     assert crosscheck.main(args) == 2
     assert "unknown scenario 'nope'" in capsys.readouterr().err

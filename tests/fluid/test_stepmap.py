@@ -107,7 +107,7 @@ def test_crosscheck_writes_each_row_as_it_finishes(tmp_path, monkeypatch):
     crosscheck.add_arguments(parser)
     from .conftest import ROOT
 
-    args = parser.parse_args(["--config", str(ROOT / "config" / "default.yaml"), "--scenarios", "underloaded",
+    args = parser.parse_args(["--config", str(ROOT / "config" / "seed_swapping.yaml"), "--scenarios", "underloaded",
                               "--scales", "1,2", "--backend", "stepmap", "--output-dir", str(tmp_path), "--no-figures"])
     with pytest.raises(RuntimeError, match="killed"):
         crosscheck.main(args)

@@ -107,7 +107,7 @@ def test_write_result_with_the_real_simulator(tmp_path, make_config):
         {
             "name": "realsim",
             "seed": 3,
-            "system": {"M_total": 512, "block_size": 16, "B": 256, "max_num_seqs": 16},
+            "system": {"scheduler": "vllm_v0", "M_total": 512, "block_size": 16, "B": 256, "max_num_seqs": 16},
             "batch_time": {"d0_s": 0.005, "d1_prefill_s": 2e-5, "d1_decode_s": 3e-5, "d2_kv_s": 1e-7},
             "workload": {"scenario": "normal", "num_requests": 400, "arrival_rate": 40.0},
         }

@@ -17,7 +17,7 @@ from fluidserve.serve.launch import ServerProcess  # noqa: E402
 FUNCTIONAL_CONFIG = {
     "name": "serve-test",
     "seed": 5,
-    "system": {"M_total": 100000, "block_size": 16, "B": 4096, "max_num_seqs": 64},
+    "system": {"M_total": 100000, "block_size": 16, "B": 4096, "max_num_seqs": 64, "chunked_prefill": False},
     "batch_time": {"d0_s": 0.004, "d1_prefill_s": 1.0e-5, "d1_decode_s": 2.0e-4, "d2_kv_s": 1.0e-7},
     "workload": {"scenario": "normal", "num_requests": 200},
 }

@@ -89,7 +89,8 @@ def test_openai_client_non_streaming_and_models(shared_server):
 
 
 def test_lone_request_timing_matches_the_batch_time_model(shared_server):
-    """Simulator records of a request on an idle server: prefill step, then one decode step per token."""
+    """Simulator records of a request on an idle server (vllm_v1): the prefill step samples token 1,
+    then one decode step per further token."""
     client = client_for(shared_server)
     time.sleep(0.2)  # let earlier tests' requests drain
     P, D = 300, 6
@@ -97,8 +98,8 @@ def test_lone_request_timing_matches_the_batch_time_model(shared_server):
     gid = int(resp.id.rsplit("-", 1)[1])
     recs = httpx.get(shared_server.url + "/sim/requests", timeout=10).json()["requests"]
     rec = next(r for r in recs if r["req_id"] == gid)
-    ttft = (D0 + D1P * P) + (D0 + D1D + D2 * P)
-    tpot = sum(D0 + D1D + D2 * (P + j) for j in range(1, D)) / (D - 1)
+    ttft = D0 + D1P * P
+    tpot = sum(D0 + D1D + D2 * (P + j) for j in range(D - 1)) / (D - 1)
     assert rec["ttft"] == pytest.approx(ttft, abs=1e-9)
     assert rec["tpot"] == pytest.approx(tpot, abs=1e-9)
 

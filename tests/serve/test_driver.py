@@ -78,6 +78,6 @@ def test_async_driver_releases_at_step_ends():
         assert s.first_token_s == rec.loc[s.gid, "first_token_time"]
         assert s.completion_s == rec.loc[s.gid, "completion_time"]
         assert all(t_seen >= s.first_token_s for _, t_seen in got)
-    assert len(steps) == engine.step  # one observer call per engine step
+    assert len(steps) == engine.num_steps  # one observer call per engine step
     assert all(snap is not None for snap, _, _ in steps)
     assert np.sum([n for _, n, _ in steps]) >= len(streams)

@@ -19,7 +19,7 @@ TRUTH = BatchTimeModel(0.008, 4e-5, 3e-4, 5e-7)
 
 def replay(n=200, seed=0):
     w = calibration_workload(n, seed=seed)
-    engine = ReplicaEngine(TRUTH, M_total=10**6, block_size=16, B=8192, max_num_seqs=256)
+    engine = ReplicaEngine(TRUTH, scheduler="vllm_v0", M_total=10**6, block_size=16, B=8192, max_num_seqs=256)
     for i in range(n):
         engine.submit(i, w.arrival_time_s[i], w.prefill_tokens[i], w.decode_tokens[i])
     times = token_times_offline(engine)

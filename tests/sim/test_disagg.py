@@ -34,7 +34,7 @@ def test_prefilled_request_decodes_in_its_first_step():
     r = collect([e]).requests.iloc[0]
     assert r.first_token_time == pytest.approx(0.01)  # iteration 0 runs in the admission step
     assert r.completion_time == pytest.approx(0.04)  # 4 decode steps, no prefill step
-    assert e.step == 4
+    assert e.num_steps == 4
 
 
 def test_prefilled_admission_takes_prompt_blocks_plus_one_token():
@@ -69,7 +69,7 @@ def test_hand_checked_timeline():
 
 
 def test_bad_inputs():
-    cfg = _cfg(B=512)
+    cfg = _cfg(B=512, chunked_prefill=False)
     wl = Workload(np.array([0.0]), np.array([1000]), np.array([3]))
     with pytest.raises(InputError, match="B=512"):
         simulate_disagg(cfg, wl, 1, 1, 10.0)

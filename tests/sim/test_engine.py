@@ -19,7 +19,7 @@ def run_engine(reqs, *, bt=UNIT, **kw):
     """reqs: list of (arrival_s, prefill, decode). Returns the SimResult."""
     kw.setdefault("B", 1000)
     kw.setdefault("max_num_seqs", 64)
-    e = ReplicaEngine(bt, **kw)
+    e = ReplicaEngine(bt, scheduler="vllm_v0", **kw)
     for i, (a, p, d) in enumerate(reqs):
         e.submit(i, a, p, d)
     e.run()

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = ROOT / "config" / "default.yaml"
+BASE = ROOT / "config" / "seed_swapping.yaml"
 
 # small, fast points: the simulator takes a few ms per point at these settings
 SMALL = {"workload.num_requests": 120, "fluid.num_classes": 2, "fluid.stages": 4, "fluid.bin_s": 0.5}
