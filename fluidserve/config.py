@@ -260,8 +260,9 @@ SOLVE_IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 class FluidConfig(_Strict):
     enabled: bool = True
     num_classes: int = Field(4, ge=1, le=64, description="request classes K (quantile bins of a trace)")
-    backend: Literal["scipy", "jax", "stepmap", "quasistatic"] = Field(
-        "scipy", description="scipy / jax: the ODE; stepmap: the exact discrete-time limit (one iteration per "
+    backend: Literal["stepclock", "stepclock_jax", "scipy", "jax", "stepmap", "quasistatic"] = Field(
+        "stepclock", description="stepclock / stepclock_jax: the step-clock transport model (numpy / compiled "
+        "JAX); scipy / jax: the Erlang-stage ODE; stepmap: the exact discrete-time limit (one iteration per "
         "engine step); quasistatic: each rate bin at its steady state plus a fluid queue")
     method: str = Field("RK45", description="solve_ivp method of the scipy backend (RK45 measured fastest; LSODA, BDF also work)")
     rtol: float = Field(1e-6, gt=0)
@@ -270,6 +271,7 @@ class FluidConfig(_Strict):
     horizon_s: float | None = Field(None, gt=0, description="solve horizon, s; default: last arrival + drain time")
     stages: int | None = Field(None, ge=1, description="decode stages per class (None: exact, one per token)")
     dt_out_s: float | None = Field(None, gt=0, description="fluid output spacing, s (None: window/2000 in [0.01, 1])")
+    step_stride: int | None = Field(None, ge=1, description="stepclock: engine steps per macro step (None: auto; 1: exact step map)")
 
     @field_validator("method")
     @classmethod
