@@ -153,8 +153,17 @@ class BatchTimeConfig(_Strict):
 
 
 class PolicyConfig(_Strict):
-    queue_policy: Literal["FCFS", "priority"] = "FCFS"
+    queue_policy: Literal["FCFS", "priority", "shortest_predicted"] = Field(
+        "FCFS", description="FCFS; priority (vLLM's, lowest value first); shortest_predicted: shortest predicted "
+        "output first with aging (fluidserve/sim/length_aware.py)")
     victim_policy: Literal["LIFO", "FIFO", "random", "LRU"] = "LIFO"
+    length_predictor: str = Field(
+        "exact", description="output-length predictions for shortest_predicted / least_predicted_work: exact "
+        "(the true max_tokens), noisy (true x exp(N(0, prediction_noise^2))), or a predictor file from "
+        "'fluidserve predict fit'")
+    prediction_noise: float = Field(0.0, ge=0, description="sigma of the log-normal noise of length_predictor: noisy")
+    aging_tokens_per_s: float = Field(
+        50.0, ge=0, description="shortest_predicted: predicted tokens of rank a waiting request gains per second")
 
 
 class MMPPConfig(_Strict):
@@ -225,7 +234,7 @@ class WorkloadConfig(_Strict):
 
 class ClusterConfig(_Strict):
     replicas: int = Field(1, ge=1)
-    router: Literal["round_robin", "least_loaded", "weighted"] = "round_robin"
+    router: Literal["round_robin", "least_loaded", "weighted", "least_kv", "least_predicted_work"] = "round_robin"
     weights: list[float] | None = None
 
     @model_validator(mode="after")
