@@ -163,7 +163,8 @@ class SchedulerSpace(_Strict):
 
 
 class Candidates(_Strict):
-    model: str = Field(..., description="model preset name (fluidserve/data/model_specs.yaml)")
+    model: str = Field(..., description="model preset name (fluidserve/data/model_specs.yaml) or a Hugging Face "
+                       "config.json path (relative to the plan file)")
     gpus: list[GpuType] = Field(..., min_length=1)
     tensor_parallel: list[int] = Field(default_factory=lambda: [1], min_length=1)
     scheduler: SchedulerSpace = SchedulerSpace()
@@ -174,9 +175,12 @@ class Candidates(_Strict):
     @field_validator("model")
     @classmethod
     def _known(cls, v: str) -> str:
+        """A preset name is checked here; a config.json path when the plan's folder is known (space.model_spec)."""
         from fluidserve import specs
 
-        return specs.model(v).name
+        if not (v.endswith(".json") or "/" in v or "\\" in v):
+            specs.model(v)
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "Candidates":

@@ -16,6 +16,7 @@ copies of one replica type (homogeneous) or several groups (heterogeneous, :mod:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from fluidserve.errors import InputError
 from fluidserve.policy.frequency import COEFFICIENTS, GPU_POWER_PRESETS, FrequencyModel
 
 #: GPU presets (specs names) -> power presets (policy.frequency names).
-POWER_PRESET_OF_GPU = {"H100-SXM": "H100-SXM", "H200": "H200", "A100-80GB": "A100-SXM", "A100-40GB": "A100-SXM"}
+POWER_PRESET_OF_GPU = {"H100-SXM": "H100-SXM", "H200": "H200", "A100-80GB": "A100-SXM", "A100-40GB": "A100-SXM",
+                       "L40S": "L40S"}
 
 
 @dataclass(frozen=True)
@@ -101,15 +103,13 @@ class ReplicaType:
             system["enable_prefix_caching"] = self.enable_prefix_caching
         if self.scheduler:
             system["scheduler"] = self.scheduler
-        bt = self.batch_time
         try:
             system_cfg = SystemConfig(**system)
         except ValidationError as exc:
             raise InputError(format_validation_error(exc, f"candidate {self.key}")) from None
         return Config(
             name=name or f"{plan.name}-{self.key}-x{replicas}", seed=plan.seed, system=system_cfg,
-            batch_time=BatchTimeConfig(d0_s=bt.d0_s, d1_prefill_s=bt.d1_prefill_s, d1_decode_s=bt.d1_decode_s,
-                                       d2_kv_s=bt.d2_kv_s),
+            batch_time=BatchTimeConfig(**self.batch_time.to_dict()),
             policy=plan.policy, cluster=ClusterConfig(replicas=replicas, router=plan.candidates.router),
             sim=SimConfig(record_events=False, snapshot_every=1), fluid=FluidConfig(enabled=False),
         )
@@ -118,12 +118,14 @@ class ReplicaType:
 def frequency_model(g, base_dir: Path | None = None) -> FrequencyModel:
     """The power/clock model of a plan GPU type: its ``power`` section, else the GPU's preset."""
     if g.power is not None:
-        from fluidserve.policy.lp_config import PoolSpec
-
-        # PoolSpec owns the PowerSpec -> FrequencyModel translation; reuse it
-        pool = PoolSpec(name=g.type, count=1, clocks_mhz=[_f_max(g)], system=SystemConfig(M_total=1),
-                        batch_time=BatchTimeConfig(d0_s=1.0, d1_s=0.0), power=g.power)
-        return pool.frequency_model(base_dir)
+        p = g.power
+        kw = {"f_max_mhz": p.f_max_mhz, "idle_w": p.idle_w, "peak_w": p.peak_w,
+              "memory_activity": p.memory_activity, "exponent": p.exponent, "compute_share": p.compute_share,
+              "power_table": None if p.power_table is None else
+              tuple((r.clock_mhz, r.compute_w, r.memory_w) for r in p.power_table)}
+        if p.gpu is not None:
+            return FrequencyModel.preset(p.gpu, **kw)
+        return FrequencyModel(**{k: v for k, v in kw.items() if v is not None})
     preset = POWER_PRESET_OF_GPU.get(g.type)
     if preset is None:
         raise InputError(f"candidates.gpus: GPU '{g.type}' has no power preset (presets: "
@@ -142,7 +144,7 @@ def _f_max(g) -> float:
     return float(specs.gpu(g.type).max_sm_clock_mhz or 1.0)
 
 
-def replica_batch_time(g, model: str, tp: int, base_dir: Path | None = None) -> BatchTimeModel:
+def replica_batch_time(g, model, tp: int, base_dir: Path | None = None) -> BatchTimeModel:
     """Step time of ``tp`` GPUs of type ``g`` at their highest clock (see the module docstring)."""
     from fluidserve.calibration.roofline import predict_batch_time
 
@@ -153,16 +155,39 @@ def replica_batch_time(g, model: str, tp: int, base_dir: Path | None = None) -> 
     if tp == 1:
         return measured
     roof1 = predict_batch_time(g.type, model, 1)
-    return BatchTimeModel(**{
-        k: getattr(measured, k) * (getattr(roof, k) / getattr(roof1, k) if getattr(roof1, k) > 0 else 1.0)
-        for k in COEFFICIENTS
+    scaled = COEFFICIENTS + ("d3_prefill_attn_s",)
+    return dataclasses.replace(measured, **{
+        k: getattr(measured, k) * (getattr(roof, k) / getattr(roof1, k) if getattr(roof1, k, 0.0) > 0 else 1.0)
+        for k in scaled if hasattr(measured, k)
     })
+
+
+def model_spec(plan) -> specs.ModelSpec:
+    """The plan's model: a preset name, or a config.json path (relative to the plan file)."""
+    m = plan.candidates.model
+    path = plan.resolve_path(m)
+    try:
+        return specs.model(str(path) if path.exists() else m)
+    except InputError as exc:
+        raise InputError(f"candidates.model: {exc}") from None
+
+
+def clock_batch_time(fm: FrequencyModel, bt_max: BatchTimeModel, f_mhz: float) -> BatchTimeModel:
+    """``bt_max`` at clock ``f_mhz``: :meth:`FrequencyModel.batch_time`, keeping the coefficients it
+    does not scale (prefill attention is compute-bound: it takes d1_prefill's factor; MoE is kept)."""
+    if f_mhz >= fm.f_max_mhz and not fm.batch_time_table:
+        return bt_max
+    at_f = fm.batch_time(bt_max, f_mhz)
+    factor = at_f.d1_prefill_s / bt_max.d1_prefill_s if bt_max.d1_prefill_s > 0 else 1.0
+    return dataclasses.replace(bt_max, **{k: getattr(at_f, k) for k in COEFFICIENTS},
+                               d3_prefill_attn_s=bt_max.d3_prefill_attn_s * factor)
 
 
 def replica_types(plan) -> tuple[list[ReplicaType], list[str]]:
     """Every replica type of the plan's candidate space, and the combinations skipped (with why)."""
     c = plan.candidates
     base = Path(plan.base_dir) if plan.base_dir else None
+    model = model_spec(plan)
     s = c.scheduler
     out, skipped = [], []
     for i, g in enumerate(c.gpus):
@@ -177,14 +202,14 @@ def replica_types(plan) -> tuple[list[ReplicaType], list[str]]:
                 skipped.append(f"{g.type} tp{tp}: only {g.count} GPUs available")
                 continue
             try:
-                m_total = specs.derive_m_total(g.type, c.model, g.gpu_memory_utilization, tp)
-                bt_max = replica_batch_time(g, c.model, tp, base)
+                m_total = specs.derive_m_total(g.type, model, g.gpu_memory_utilization, tp)
+                bt_max = replica_batch_time(g, model, tp, base)
             except InputError as exc:
                 skipped.append(f"{g.type} tp{tp}: {exc}")
                 continue
-            kvb = specs.kv_bytes_per_token(c.model, tensor_parallel=tp)
+            kvb = specs.kv_bytes_per_token(model, tensor_parallel=tp)
             for f in clocks:
-                bt = fm.batch_time(bt_max, f)
+                bt = clock_batch_time(fm, bt_max, f)
                 energy = _scale_energy(fm.energy_model(bt_max, f), tp)
                 for B, S, chunked, prefix, sched in itertools.product(
                     s.max_num_batched_tokens, s.max_num_seqs, s.chunked_prefill, s.enable_prefix_caching,
