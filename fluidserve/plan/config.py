@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fluidserve.config import BatchTimeConfig, PolicyConfig, SystemConfig, TraceConfig, format_validation_error
 from fluidserve.errors import InputError
-from fluidserve.policy.lp_config import PowerSpec
+from fluidserve.policy.lp_config import PowerSpec, StepEnergySpec
 from fluidserve.yamlio import read_yaml
 
 #: SLO threshold keys: metric, percentile (e.g. ttft_p99_s, e2e_p90_s, tpot_p99.9_s).
@@ -124,6 +124,9 @@ class GpuType(_Strict):
         None, description="measured step-time coefficients at tensor_parallel 1 and the highest clock; "
         "default: the roofline prediction (fluidserve.calibration.roofline)")
     power: PowerSpec | None = Field(None, description="power model (default: the preset of the GPU, if any)")
+    energy: StepEnergySpec | None = Field(
+        None, description="measured step energy at tensor_parallel 1 and the highest clock (e.g. the batch_time "
+        "preset's energy section); the power model gives its clock response. Default: the power model alone")
     clocks_mhz: list[float] | None = Field(None, description="DVFS levels to try, MHz (default: the highest clock)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
 

@@ -10,6 +10,11 @@ with one set of scheduler settings. Its step time:
   weight shards, all-reduce costs);
 * at a lower clock, :meth:`FrequencyModel.batch_time` (compute-bound shares scale with f_max/f).
 
+Its step energy: :meth:`FrequencyModel.energy_model` at the clock, times tensor_parallel (each
+GPU draws power for the whole step), calibrated coefficient by coefficient to the GPU's measured
+step energy (``energy:``, :class:`fluidserve.energy.StepEnergyModel`) where it was measured
+(tensor_parallel 1, highest clock).
+
 Its KV capacity comes from :func:`fluidserve.specs.derive_m_total`. A *fleet* is ``replicas``
 copies of one replica type (homogeneous) or several groups (heterogeneous, :mod:`.hetero`).
 """
@@ -208,9 +213,12 @@ def replica_types(plan) -> tuple[list[ReplicaType], list[str]]:
                 skipped.append(f"{g.type} tp{tp}: {exc}")
                 continue
             kvb = specs.kv_bytes_per_token(model, tensor_parallel=tp)
+            calib, idle_w = _energy_calibration(g, fm, model, base)
+            idle_w *= tp
             for f in clocks:
                 bt = clock_batch_time(fm, bt_max, f)
-                energy = _scale_energy(fm.energy_model(bt_max, f), tp)
+                e = fm.energy_model(bt_max, f)
+                energy = BatchTimeModel(**{k: getattr(e, k) * calib[k] * tp for k in COEFFICIENTS})
                 for B, S, chunked, prefix, sched in itertools.product(
                     s.max_num_batched_tokens, s.max_num_seqs, s.chunked_prefill, s.enable_prefix_caching,
                     s.scheduler or [None],
@@ -221,7 +229,7 @@ def replica_types(plan) -> tuple[list[ReplicaType], list[str]]:
                     out.append(ReplicaType(
                         gpu_type=g.type, tensor_parallel=tp, clock_mhz=float(f), max_num_batched_tokens=B,
                         max_num_seqs=S, chunked_prefill=chunked, enable_prefix_caching=prefix, scheduler=sched,
-                        cost_per_hour=g.cost_per_hour * tp, batch_time=bt, energy=energy, idle_w=fm.idle_w * tp,
+                        cost_per_hour=g.cost_per_hour * tp, batch_time=bt, energy=energy, idle_w=idle_w,
                         M_total=m_total, kv_bytes_per_token=kvb, gpus_available=g.count, mode=c.mode,
                     ))
     if not out:
@@ -229,6 +237,19 @@ def replica_types(plan) -> tuple[list[ReplicaType], list[str]]:
     return out, skipped
 
 
-def _scale_energy(e: BatchTimeModel, tp: int) -> BatchTimeModel:
-    """Energy of a step on ``tp`` GPUs: each GPU draws the per-GPU power for the whole step."""
-    return BatchTimeModel(**{k: getattr(e, k) * tp for k in COEFFICIENTS})
+def _energy_calibration(g, fm: FrequencyModel, model, base: Path | None) -> tuple[dict[str, float], float]:
+    """Per coefficient, measured / power-model step energy at tensor_parallel 1 and f_max (1 without a
+    measurement), and the idle power of one GPU [W].
+
+    The measured step energy (``energy:``) is of one GPU at tensor_parallel 1; other degrees and
+    clocks take the power model's energy times these ratios, so that measurement and model agree
+    where the measurement was made and the model supplies the TP and clock responses.
+    """
+    if g.energy is None:
+        return {k: 1.0 for k in COEFFICIENTS}, fm.idle_w
+    bt1 = replica_batch_time(g, model, 1, base)
+    step_energy = g.energy.model(base, bt1)
+    meas = fm.energy_model(bt1, fm.f_max_mhz, step_energy)
+    form = fm.energy_model(bt1, fm.f_max_mhz)
+    ratio = {k: getattr(meas, k) / getattr(form, k) if getattr(form, k) > 0 else 1.0 for k in COEFFICIENTS}
+    return ratio, fm.idle_power_w(step_energy)
