@@ -149,7 +149,7 @@ def format_report(rep: dict, validation: dict | None = None, disagg: dict | None
         band = v.get("band")
         if band:
             def pct(x):
-                return f"[{100 * x[0]:.1f}, {100 * x[1]:.1f}]%" if x else "n/a"
+                return f"[{100 * x[0]:.2f}, {100 * x[1]:.2f}]%" if x else "n/a"
 
             lines.append(f"  band from the fitted parameters ({band['samples']} samples): saving {pct(band['energy_saving'])}, "
                          f"vs best single clock {pct(band['saving_vs_best_single_clock'])}, LP vs sim energy "
