@@ -121,7 +121,7 @@ def frequency_model(g, base_dir: Path | None = None) -> FrequencyModel:
         from fluidserve.policy.lp_config import PoolSpec
 
         # PoolSpec owns the PowerSpec -> FrequencyModel translation; reuse it
-        pool = PoolSpec(name=g.type, count=1, clocks_mhz=[_f_max(g)], system=SystemConfig(M_total=1),
+        pool = PoolSpec(name=g.type, count=1, clocks_mhz=[_f_max(g)], system=SystemConfig(M_total=16),
                         batch_time=BatchTimeConfig(d0_s=1.0, d1_s=0.0), power=g.power)
         return pool.frequency_model(base_dir)
     preset = POWER_PRESET_OF_GPU.get(g.type)
