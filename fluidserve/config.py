@@ -195,7 +195,7 @@ class SharedPrefixConfig(_Strict):
     """Shared system prompts: each request gets one of ``num_groups`` prompts of
     ``system_prompt_len`` tokens followed by ``question_len`` (inclusive range) private tokens."""
 
-    num_groups: int = Field(..., ge=1)
+    num_groups: int = Field(..., ge=1, description="number of distinct shared system prompts (prefix groups)")
     system_prompt_len: int = Field(..., ge=1, description="tokens of each group's shared system prompt")
     question_len: tuple[int, int] = Field(..., description="[lo, hi] private prompt tokens after it")
 

@@ -132,13 +132,13 @@ def check_capacity(system, prefill_tokens, decode_tokens) -> str | None:
                 f"smallest request ({int(need.min()):,} prompt + output tokens): every request would be rejected"
             )
         raise InputError(
-            f"every request would be rejected: {int(too_big.sum()):,} need more than system.M_total = {capacity:,} "
-            f"KV tokens, {int(too_long.sum()):,} have a prompt above system.B = {system.B:,} (chunked prefill off)"
+            f"every request would be rejected: {int(too_big.sum()):,} need more than system.M_total = {system.M_total:,} "
+            f"({capacity:,} usable KV tokens), {int(too_long.sum()):,} have a prompt above system.B = {system.B:,} (chunked prefill off)"
         )
     if bad.any():
         return (
             f"{int(bad.sum()):,} of {need.size:,} requests will be rejected: {int(too_big.sum()):,} need more than "
-            f"system.M_total = {capacity:,} KV tokens (largest {int(need.max()):,})"
+            f"system.M_total = {system.M_total:,} ({capacity:,} usable KV tokens; largest request {int(need.max()):,})"
             + (f", {int(too_long.sum()):,} have a prompt above system.B = {system.B:,}" if too_long.any() else "")
         )
     return None

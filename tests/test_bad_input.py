@@ -22,6 +22,10 @@ BASE = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
 BASE["workload"]["num_requests"] = 200
 
 
+# the seed's semantics, which the scipy / jax / stepmap / quasistatic fluid backends follow
+SEED_FLUID = {"system__scheduler": "vllm_v0", "system__enable_prefix_caching": False, "system__chunked_prefill": False}
+
+
 def config(**patch) -> str:
     """The default config (200 requests) with ``a__b=value`` patches, as YAML text."""
     data = json.loads(json.dumps(BASE))
@@ -154,7 +158,9 @@ def test_fluid_stage_refuses_windows_it_cannot_model(tmp_path, monkeypatch, caps
 
 
 def test_fluid_runs_when_bins_fit_the_window(tmp_path, monkeypatch, capsys):
-    summary, _ = run_json(tmp_path, monkeypatch, capsys, {"cfg.yaml": config(fluid__bin_s=0.1)})
+    # system.scheduler vllm_v0: the fluid backends of this test follow the seed's semantics
+    cfg = config(fluid__bin_s=0.1, **SEED_FLUID)
+    summary, _ = run_json(tmp_path, monkeypatch, capsys, {"cfg.yaml": cfg})
     assert summary["fluid"]["status"] == "ok"
 
 
@@ -202,7 +208,7 @@ def test_crosscheck_uses_the_configs_stepmap_backend(tmp_path):
     from fluidserve.fluid import crosscheck, scaling
     from fluidserve.workload import make_workload
 
-    cfg = config_from_dict(yaml.safe_load(config(fluid__backend="stepmap")))
+    cfg = config_from_dict(yaml.safe_load(config(fluid__backend="stepmap", **SEED_FLUID)))
     scenario = crosscheck.scenario_config(cfg, "underloaded")
     reference = scaling.reference_workload(scenario, make_workload(scenario))
     fres = crosscheck.solve_reference(scenario, reference, None)

@@ -138,17 +138,6 @@ def frequency_model(g, base_dir: Path | None = None) -> FrequencyModel:
     return FrequencyModel.preset(preset)
 
 
-def _f_max(g) -> float:
-    if g.power is not None and g.power.f_max_mhz is not None:
-        return float(g.power.f_max_mhz)
-    if g.power is not None and g.power.gpu is not None:
-        return GPU_POWER_PRESETS[g.power.gpu][0]
-    preset = POWER_PRESET_OF_GPU.get(g.type)
-    if preset is not None:
-        return GPU_POWER_PRESETS[preset][0]
-    return float(specs.gpu(g.type).max_sm_clock_mhz or 1.0)
-
-
 def replica_batch_time(g, model, tp: int, base_dir: Path | None = None) -> BatchTimeModel:
     """Step time of ``tp`` GPUs of type ``g`` at their highest clock (see the module docstring)."""
     from fluidserve.calibration.roofline import predict_batch_time
