@@ -146,15 +146,9 @@ class BatchTimeModel:
 
         The file holds the four coefficients at top level or under a ``batch_time`` key.
         """
-        import yaml
+        from fluidserve.yamlio import read_yaml
 
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"batch-time preset file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML ({exc})") from exc
+        data = read_yaml(path, "batch-time preset")
         if isinstance(data, dict) and "batch_time" in data:
             data = data["batch_time"]
         if not isinstance(data, dict):

@@ -99,6 +99,12 @@ def validate_profile(df: pd.DataFrame, source: str = "profile") -> pd.DataFrame:
             raise InputError(f"{source}: row {i + 1} (line {i + 2}): {col} must be {need}, got {df[col].iloc[i]!r}")
         out[col] = values
     out["phase"] = out["phase"].astype(str).str.strip().str.lower()
+    bad_phase = ~out["phase"].isin(PHASES[1:])
+    if bad_phase.any():
+        i = int(np.argmax(bad_phase.to_numpy()))
+        raise InputError(
+            f"{source}: row {i + 1} (line {i + 2}): phase {df['phase'].iloc[i]!r} is not one of {', '.join(PHASES[1:])}"
+        )
     out["time_s"] = out["time_ms"] * 1e-3
     return out
 
@@ -518,7 +524,8 @@ def format_report(four: FitResult, two: FitResult, notes: Sequence[str] = ()) ->
 
 
 def write_preset(path: str | Path, four: FitResult, two: FitResult | None = None, source: str = "",
-                 phase: str = "all", extra: Mapping[str, Any] | None = None) -> Path:
+                 phase: str = "all", extra: Mapping[str, Any] | None = None,
+                 energy: Mapping[str, Any] | None = None) -> Path:
     """Write the four-coefficient fit as a preset YAML that ``BatchTimeModel.from_yaml`` reads.
 
     Raises InputError if a coefficient was neither identified nor filled (the preset would
@@ -554,6 +561,8 @@ def write_preset(path: str | Path, four: FitResult, two: FitResult | None = None
                              "max_error": two.max_error}
     meta.update(extra or {})
     data["metadata"] = meta
+    if energy is not None:  # the step-energy fit (fluidserve.calibration.energy_fit), beside the step time
+        data["energy"] = dict(energy)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -573,6 +582,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write the fitted coefficients as a batch-time preset YAML")
     parser.add_argument("--output-dir", help="directory for the residual plot (fit_residuals.png/.pdf)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--idle-w", type=float, default=None,
+                        help="measured board power with no step running, W (stored with the energy fit)")
 
 
 def _profile_value(df: pd.DataFrame, col: str) -> str | None:
@@ -600,6 +611,8 @@ def roofline_fill(df: pd.DataFrame, gpu: str | None, model: str | None, tp: int,
 
 @cli_errors
 def main(args: argparse.Namespace) -> int:
+    if args.out and Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a directory; give the preset file, e.g. {Path(args.out) / 'preset.yaml'}")
     df = select_phase(read_profile(args.profile), args.phase, args.profile)
     need_fill = not (df["prefill_tokens"] > 0).any() or not (df["decode_tokens"] > 0).any()
     fill, fill_note = (None, None)
@@ -625,10 +638,16 @@ def main(args: argparse.Namespace) -> int:
         notes.append(f"{nm} came out negative unconstrained and is held at 0 (non-negative fit)")
     report = fit_report(four, two, notes)
     report.update(source=str(args.profile), phase=args.phase)
+    from fluidserve.calibration.energy_fit import cli_section
+
+    energy = cli_section(df, four.model, getattr(args, "idle_w", None), args.profile)
+    if energy is not None:
+        report["energy"] = energy["report"]
     if five is not None:
         report["with_prefill_attention"] = five.summary()
     if args.out:
-        report["preset"] = str(write_preset(args.out, four, two, args.profile, args.phase))
+        report["preset"] = str(write_preset(args.out, four, two, args.profile, args.phase,
+                                            energy=None if energy is None else energy["preset"]))
     if args.output_dir:
         from fluidserve.calibration.roofline import save_figure
 
@@ -657,6 +676,8 @@ def main(args: argparse.Namespace) -> int:
                   "is lack of fit (not timing noise)")
         else:
             print("   lack of fit: no replicated batch shapes to test it")
+    if energy is not None:
+        print(energy["text"])
     if "preset" in report:
         print(f"preset: {report['preset']}")
     for p in report.get("plots", []):
