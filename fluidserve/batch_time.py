@@ -92,10 +92,9 @@ class BatchTimeModel:
             + self.d1_prefill_s * prefill_tokens
             + self.d1_decode_s * decode_tokens
             + self.d2_kv_s * kv_tokens
+            + self.d3_prefill_attn_s * prefill_attention_tokens
         )
-        if self.d3_prefill_attn_s:
-            t = t + self.d3_prefill_attn_s * prefill_attention_tokens
-        if self.moe_expert_s:
+        if self.moe_num_experts:  # structure (an int), not a coefficient: no branch on traced values
             t = t + self.moe_expert_s * self.expected_experts(prefill_tokens + decode_tokens)
         return t
 
