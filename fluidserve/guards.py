@@ -91,10 +91,12 @@ def check_fluid_window(fluid, window_s: float) -> None:
     """
     from fluidserve.errors import UnsupportedError
 
-    if fluid.horizon_s is not None and fluid.horizon_s < window_s:
+    if fluid.horizon_s is not None and fluid.horizon_s < min(window_s, fluid.bin_s):
+        # a horizon inside the arrival window is a legitimate zoom (the first 30 s of a run), but
+        # one shorter than a rate bin sees no complete bin (it made throughput_rel_err read 1.5e15)
         raise UnsupportedError(
-            f"fluid.horizon_s = {fluid.horizon_s:g} s ends before the last arrival at {window_s:.3g} s; "
-            "leave it unset (arrivals + drain) or give at least the arrival window"
+            f"fluid.horizon_s = {fluid.horizon_s:g} s is shorter than one rate bin (fluid.bin_s = {fluid.bin_s:g} s) "
+            f"and than the arrival window ({window_s:.3g} s); leave it unset (arrivals + drain) or give at least one bin"
         )
     if window_s <= 0:
         raise UnsupportedError("all arrivals are at one instant (arrival window 0 s): the fluid model needs "

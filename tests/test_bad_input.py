@@ -151,7 +151,9 @@ def run_json(tmp_path, monkeypatch, capsys, files: dict, *extra) -> tuple[dict, 
     ],
 )
 def test_fluid_stage_refuses_windows_it_cannot_model(tmp_path, monkeypatch, capsys, patch, named):
-    summary, err = run_json(tmp_path, monkeypatch, capsys, {"cfg.yaml": config(**patch)})
+    # the binned (seed-semantics) scipy backend; the step-clock backend uses the arrivals themselves
+    cfg = config(**patch, **SEED_FLUID, fluid__backend="scipy")
+    summary, err = run_json(tmp_path, monkeypatch, capsys, {"cfg.yaml": cfg})
     assert summary["completed"] == 200 and summary["status"] == "complete"
     assert summary["fluid"]["status"] == "skipped"
     assert named in summary["fluid"]["reason"] and named in err
