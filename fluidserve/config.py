@@ -196,7 +196,8 @@ class WorkloadConfig(_Strict):
 
 class ClusterConfig(_Strict):
     replicas: int = Field(1, ge=1)
-    router: Literal["round_robin", "least_loaded", "weighted"] = "round_robin"
+    router: Literal["round_robin", "least_loaded", "weighted", "least_kv"] = Field(
+        "round_robin", description="fluidserve/sim/routers.py: round_robin, weighted, least_loaded, least_kv")
     weights: list[float] | None = None
 
     @model_validator(mode="after")
