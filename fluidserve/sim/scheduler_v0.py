@@ -81,7 +81,6 @@ class VllmV0Engine(ReplicaEngine):
         seed: int = 0,
         max_steps: int | None = None,
         scheduler: str = "vllm_v0",
-        **_ignored,
     ) -> None:
         if mode not in ("swapping", "recompute"):
             raise ValueError(f"mode must be 'swapping' or 'recompute', got {mode!r}")

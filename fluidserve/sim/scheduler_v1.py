@@ -79,7 +79,6 @@ class VllmV1Engine(ReplicaEngine):
         max_steps: int | None = None,
         M_total: int | None = None,
         scheduler: str = "vllm_v1",
-        **_ignored,
     ) -> None:
         if num_gpu_blocks is None:
             if M_total is None:
