@@ -118,8 +118,14 @@ def build_grid(
     return points
 
 
-def measure_point(backend, point: GridPoint, settings: TimingSettings, monitor=None, gpu_position: int = 0) -> dict:
-    """Time one grid point on ``backend`` (and meter it with ``monitor``); returns one profile row."""
+def measure_point(backend, point: GridPoint, settings: TimingSettings, monitor=None, gpu_position=0) -> dict:
+    """Time one grid point on ``backend`` (and meter it with ``monitor``); returns one profile row.
+
+    ``gpu_position`` is the monitor's position of the GPU to meter, or a sequence of positions
+    (a tensor-parallel step): energy and power are then summed over those GPUs and the SM clock
+    averaged.
+    """
+    positions = [gpu_position] if isinstance(gpu_position, int) else list(gpu_position)
     step = backend.prepare(point)
     try:
         warm = backend.time_reps(step, settings.warmup)
@@ -128,18 +134,23 @@ def measure_point(backend, point: GridPoint, settings: TimingSettings, monitor=N
         energy_j = power_w = clock = t0 = t1 = np.nan
         if monitor is not None:
             backend.synchronize()
-            t0, e0 = monitor.elapsed_s(), monitor.energy_counter_j()[gpu_position]
+            t0, c0 = monitor.elapsed_s(), monitor.energy_counter_j()
         times = backend.time_reps(step, reps)  # synchronizes at the end
         if monitor is not None:
-            t1, e1 = monitor.elapsed_s(), monitor.energy_counter_j()[gpu_position]
-            if e0 is not None and e1 is not None:
-                energy_j = (e1 - e0) / reps
-                power_w = (e1 - e0) / (t1 - t0)
+            t1, c1 = monitor.elapsed_s(), monitor.energy_counter_j()
+            e0 = [c0[k] for k in positions]
+            e1 = [c1[k] for k in positions]
+            if all(e is not None for e in e0 + e1):
+                energy_j = sum(b - a for a, b in zip(e0, e1)) / reps
+                power_w = sum(b - a for a, b in zip(e0, e1)) / (t1 - t0)
             window = monitor.samples_between(t0, t1)
-            window = window[window["gpu"] == monitor.gpu_indices[gpu_position]]
-            clock = float(window["sm_clock_mhz"].mean()) if len(window) else monitor.read(gpu_position)["sm_clock_mhz"]
+            window = window[window["gpu"].isin([monitor.gpu_indices[k] for k in positions])]
+            if len(window):
+                clock = float(window["sm_clock_mhz"].mean())
+            else:
+                clock = float(np.mean([monitor.read(k)["sm_clock_mhz"] for k in positions]))
             if np.isnan(power_w) and len(window):
-                power_w = float(window["power_w"].mean())
+                power_w = float(window.groupby("gpu")["power_w"].mean().sum())
                 energy_j = power_w * float(np.sum(times)) / 1e3 / reps
     finally:
         backend.release()
@@ -287,6 +298,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="step_profile.csv", help="profile CSV (relative to --output-dir if given)")
     parser.add_argument("--output-dir", help="directory for --out and --trace-out")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tensor-parallel", type=int, default=1,
+                        help="shard the torch decoder over N GPUs (one process each, NCCL; gloo with --device cpu)")
+    parser.add_argument("--allreduce-tokens", default="",
+                        help="also time bare all-reduces of [tokens, hidden] activations for these token counts")
+    parser.add_argument("--allreduce-out", default="allreduce.csv", help="all-reduce sweep CSV (relative to --output-dir)")
     parser.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -318,6 +334,8 @@ def main(args: argparse.Namespace) -> int:
     trace_out = None
     if args.trace_out:
         trace_out = out_dir / args.trace_out if out_dir and not Path(args.trace_out).is_absolute() else Path(args.trace_out)
+    if args.tensor_parallel != 1 or args.allreduce_tokens:
+        return _main_tensor_parallel(args, points, settings, out, trace_out, out_dir)
     if args.backend == "torch":
         name, spec = resolve_model_spec(args.model, args.model_spec)
         backend = make_backend(
@@ -359,6 +377,41 @@ def main(args: argparse.Namespace) -> int:
         print(to_json(summary))
     else:
         print(f"wrote {len(df)} profile rows to {out} ({len(skipped)} skipped) in {wall:.1f} s")
+    return 0
+
+
+def _main_tensor_parallel(args, points, settings, out, trace_out, out_dir) -> int:
+    """``--tensor-parallel N`` (and/or ``--allreduce-tokens``): the multi-process profile."""
+    from fluidserve.calibration.tp_profile import TPJob, run_tp_job
+
+    if args.backend != "torch":
+        raise InputError("--tensor-parallel and --allreduce-tokens need --backend torch")
+    if args.tensor_parallel < 1:
+        raise InputError(f"--tensor-parallel must be >= 1, got {args.tensor_parallel}")
+    name, spec = resolve_model_spec(args.model, args.model_spec)
+    spec = dict(spec) if isinstance(spec, dict) else {k: getattr(spec, k, None) for k in
+                                                       ("layers", "hidden", "heads", "kv_heads", "head_dim",
+                                                        "intermediate", "vocab", "rope_theta", "rms_eps")}
+    ar_tokens = parse_int_list(args.allreduce_tokens, "--allreduce-tokens")
+    ar_out = None
+    if ar_tokens:
+        ar_out = str(out_dir / args.allreduce_out if out_dir and not Path(args.allreduce_out).is_absolute()
+                     else Path(args.allreduce_out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    job = TPJob(
+        tensor_parallel=args.tensor_parallel, spec={k: v for k, v in spec.items() if v is not None}, model_name=name,
+        points=list(points), device=args.device, dtype=args.dtype, layers=args.layers,
+        cuda_graph=not args.no_cuda_graph, seed=args.seed, settings=settings,
+        nvml=_nvml_index(args.nvml_index, args.device) is not None, power_period_s=args.power_period_s,
+        out=str(out), trace_out=str(trace_out) if trace_out else None, allreduce_tokens=ar_tokens,
+        allreduce_out=ar_out, progress=not args.no_progress,
+    )
+    summary = run_tp_job(job)
+    if args.json:
+        print(to_json(summary))
+    else:
+        print(f"wrote {summary.get('rows', 0)} profile rows to {out} (tensor_parallel={args.tensor_parallel}) "
+              f"in {summary.get('wall_s', float('nan')):.1f} s")
     return 0
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -71,6 +71,23 @@ class DecoderShape:
             raise InputError(f"model spec: heads ({values['heads']}) must be a multiple of kv_heads ({values['kv_heads']})")
         return cls(**values, **extra)
 
+    def shard(self, tensor_parallel: int) -> "DecoderShape":
+        """The per-GPU shape under Megatron-style tensor parallelism of degree ``tensor_parallel``.
+
+        Query heads, K/V heads, the MLP's intermediate size and the LM head's vocabulary rows are
+        split evenly over the GPUs (column-parallel QKV, gate/up and LM head; row-parallel output
+        and down projections); ``hidden`` stays whole. Raises InputError when a dimension does not
+        divide (vLLM refuses such a configuration too).
+        """
+        tp = int(tensor_parallel)
+        if tp < 1:
+            raise InputError(f"tensor_parallel must be >= 1, got {tensor_parallel}")
+        for name in ("heads", "kv_heads", "intermediate", "vocab"):
+            if getattr(self, name) % tp:
+                raise InputError(f"tensor_parallel={tp} does not divide the model's {name} ({getattr(self, name)})")
+        return replace(self, heads=self.heads // tp, kv_heads=self.kv_heads // tp,
+                       intermediate=self.intermediate // tp, vocab=self.vocab // tp)
+
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """KV-cache bytes one token occupies over all layers (K and V)."""
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
@@ -95,6 +112,16 @@ class TorchBackend:
             device memory minus ``memory_reserve_gib`` on CUDA.
         cuda_graph: capture each step as a CUDA graph (CUDA only; default True there).
         seed: weight and cache initialisation seed.
+        tensor_parallel: number of GPUs the model is sharded over (Megatron-style, see
+            :meth:`DecoderShape.shard`); this object is one rank's shard. With
+            ``tensor_parallel > 1`` a ``torch.distributed`` process group must be initialised:
+            the forward all-reduces after the attention output projection and after the MLP's
+            down projection of every layer, and all-gathers the LM head's vocabulary shards.
+        tp_rank: this rank's index in ``0..tensor_parallel-1``.
+        reference_init: draw every weight at its full (unsharded) size on the CPU from ``seed``
+            and keep this rank's slice, and start the KV cache at zero, so that all TP degrees
+            compute the same function (for tests on small models; the profiler draws the shards
+            directly, which is what a large model's memory allows).
     """
 
     name = "torch"
@@ -110,6 +137,9 @@ class TorchBackend:
         memory_reserve_gib: float = 4.0,
         max_positions: int | None = None,
         seed: int = 0,
+        tensor_parallel: int = 1,
+        tp_rank: int = 0,
+        reference_init: bool = False,
     ):
         torch = require("torch", "torch")
         self.torch = torch
@@ -130,22 +160,34 @@ class TorchBackend:
         self.dtype_name = dtype
         gen = torch.Generator(device=self.device).manual_seed(seed)
         self._gen = gen
-        s = shape
-        qkv_out = (s.heads + 2 * s.kv_heads) * s.head_dim
-        self.embed = self._rand(s.vocab, s.hidden, std=1.0)
-        self.layers = [
-            {
+        self.tensor_parallel, self.tp_rank = int(tensor_parallel), int(tp_rank)
+        if not 0 <= self.tp_rank < self.tensor_parallel:
+            raise InputError(f"tp_rank must be in 0..{self.tensor_parallel - 1}, got {tp_rank}")
+        self.local = s = shape.shard(self.tensor_parallel)  # this rank's dimensions
+        if self.tensor_parallel > 1 and not torch.distributed.is_initialized():
+            raise InputError("torch backend: tensor_parallel > 1 needs an initialised torch.distributed process group")
+        self.reference_init = bool(reference_init)
+        self._cpu_gen = torch.Generator().manual_seed(seed)
+        self.embed = self._weight(shape.vocab, shape.hidden, std=1.0)  # replicated on every rank
+        self.layers = []
+        for _ in range(shape.layers):
+            q = self._weight(shape.heads * shape.head_dim, shape.hidden, shard_dim=0)
+            k = self._weight(shape.kv_heads * shape.head_dim, shape.hidden, shard_dim=0)
+            v = self._weight(shape.kv_heads * shape.head_dim, shape.hidden, shard_dim=0)
+            w_o = self._weight(shape.hidden, shape.heads * shape.head_dim, shard_dim=1)
+            gate = self._weight(shape.intermediate, shape.hidden, shard_dim=0)
+            up = self._weight(shape.intermediate, shape.hidden, shard_dim=0)
+            w_down = self._weight(shape.hidden, shape.intermediate, shard_dim=1)
+            self.layers.append({
                 "attn_norm": torch.ones(s.hidden, dtype=self.dtype, device=self.device),
-                "w_qkv": self._rand(qkv_out, s.hidden),
-                "w_o": self._rand(s.hidden, s.heads * s.head_dim),
+                "w_qkv": torch.cat([q, k, v], dim=0),  # fused, per rank: [q | k | v] of its heads
+                "w_o": w_o,
                 "mlp_norm": torch.ones(s.hidden, dtype=self.dtype, device=self.device),
-                "w_gate_up": self._rand(2 * s.intermediate, s.hidden),
-                "w_down": self._rand(s.hidden, s.intermediate),
-            }
-            for _ in range(s.layers)
-        ]
+                "w_gate_up": torch.cat([gate, up], dim=0),
+                "w_down": w_down,
+            })
         self.final_norm = torch.ones(s.hidden, dtype=self.dtype, device=self.device)
-        self.lm_head = self._rand(s.vocab, s.hidden)
+        self.lm_head = self._weight(shape.vocab, shape.hidden, shard_dim=0)
         self.kv_bytes_per_token = s.kv_bytes_per_token(self.dtype.itemsize)
         cap = int(kv_capacity_tokens)
         if self.is_cuda:
@@ -156,7 +198,10 @@ class TorchBackend:
         self.kv_capacity_tokens = cap
         per_layer = cap * s.kv_heads * s.head_dim
         self.kv_cache = torch.empty(s.layers, 2, per_layer, dtype=self.dtype, device=self.device)
-        self.kv_cache.normal_(0.0, 1.0, generator=gen)
+        if self.reference_init:
+            self.kv_cache.zero_()
+        else:
+            self.kv_cache.normal_(0.0, 1.0, generator=gen)
         self.max_positions = int(max_positions or cap)
         inv_freq = 1.0 / (s.rope_theta ** (torch.arange(0, s.head_dim, 2, device=self.device, dtype=torch.float32) / s.head_dim))
         ang = torch.arange(self.max_positions, device=self.device, dtype=torch.float32)[:, None] * inv_freq[None, :]
@@ -166,6 +211,36 @@ class TorchBackend:
         self._graph = self.graph_output = None
 
     # -- construction helpers --------------------------------------------------------------
+
+    def _weight(self, rows: int, cols: int, std: float | None = None, shard_dim: int | None = None):
+        """A random [rows, cols] weight of the full model, or this rank's slice along ``shard_dim``."""
+        tp, r = self.tensor_parallel, self.tp_rank
+        if shard_dim is None or tp == 1:
+            if self.reference_init:
+                full = self.torch.empty(rows, cols).normal_(0.0, std or 1.0 / math.sqrt(cols), generator=self._cpu_gen)
+                return full.to(device=self.device, dtype=self.dtype)
+            return self._rand(rows, cols, std)
+        if self.reference_init:
+            full = self.torch.empty(rows, cols).normal_(0.0, std or 1.0 / math.sqrt(cols), generator=self._cpu_gen)
+            part = full.chunk(tp, dim=shard_dim)[r].contiguous()
+            return part.to(device=self.device, dtype=self.dtype)
+        shard_rows, shard_cols = (rows // tp, cols) if shard_dim == 0 else (rows, cols // tp)
+        return self._rand(shard_rows, shard_cols, std or 1.0 / math.sqrt(cols))
+
+    def _all_reduce(self, x):
+        """Sum a row-parallel projection's partial outputs over the TP group (in place)."""
+        if self.tensor_parallel > 1:
+            self.torch.distributed.all_reduce(x)
+        return x
+
+    def _gather_vocab(self, logits):
+        """Concatenate every rank's vocabulary shard of the logits (column-parallel LM head)."""
+        if self.tensor_parallel == 1:
+            return logits
+        torch = self.torch
+        parts = [torch.empty_like(logits) for _ in range(self.tensor_parallel)]
+        torch.distributed.all_gather(parts, logits.contiguous())
+        return torch.cat(parts, dim=-1)
 
     def _rand(self, rows: int, cols: int, std: float | None = None):
         std = 1.0 / math.sqrt(cols) if std is None else std
@@ -182,7 +257,7 @@ class TorchBackend:
 
     def _choose_prefill_attention(self) -> str:
         """'gqa' (SDPA enable_gqa: K/V heads broadcast in-kernel) when a fused kernel takes it, else 'repeat'."""
-        torch, s = self.torch, self.shape
+        torch, s = self.torch, self.local
         if not self.is_cuda or s.heads == s.kv_heads:
             return "repeat"
         q = torch.zeros(1, s.heads, 16, s.head_dim, dtype=self.dtype, device=self.device)
@@ -212,7 +287,7 @@ class TorchBackend:
 
     def _cache_views(self, layer: int, T: int, B: int, C: int):
         """K/V views for B decoding sequences of context C, then one prompt of T tokens."""
-        s = self.shape
+        s = self.local
         per_tok = s.kv_heads * s.head_dim
         k_all, v_all = self.kv_cache[layer, 0], self.kv_cache[layer, 1]
         n_dec = B * C * per_tok
@@ -225,7 +300,7 @@ class TorchBackend:
 
     def _attention(self, layer: int, q, k, v, T: int, B: int, C: int):
         """q [T+B, heads, hd], k/v [T+B, kv_heads, hd] -> [T+B, heads*hd]; writes K/V to the cache."""
-        s, F, torch = self.shape, self.F, self.torch
+        s, F, torch = self.local, self.F, self.torch
         group = s.heads // s.kv_heads
         (k_dec, v_dec), (k_pre, v_pre) = self._cache_views(layer, T, B, C)
         outs = []
@@ -252,8 +327,8 @@ class TorchBackend:
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
     def forward(self, token_ids, positions, T: int, B: int, C: int):
-        """One engine step; returns logits [rows that emit a token, vocab]."""
-        s, F = self.shape, self.F
+        """One engine step; returns logits [rows that emit a token, vocab] (all ranks: full vocab)."""
+        s, F = self.local, self.F
         n = T + B
         x = F.embedding(token_ids, self.embed)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
@@ -264,12 +339,12 @@ class TorchBackend:
             qk = self._rope(qk.view(n, s.heads + s.kv_heads, s.head_dim), cos, sin)
             q, k = qk[:, : s.heads], qk[:, s.heads :]
             v = v.view(n, s.kv_heads, s.head_dim)
-            x = x + F.linear(self._attention(i, q, k, v, T, B, C), w["w_o"])
+            x = x + self._all_reduce(F.linear(self._attention(i, q, k, v, T, B, C), w["w_o"]))
             h = self._rms_norm(x, w["mlp_norm"])
             gate, up = F.linear(h, w["w_gate_up"]).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w["w_down"])
+            x = x + self._all_reduce(F.linear(F.silu(gate) * up, w["w_down"]))
         rows = x[T - 1 :] if T else x
-        return F.linear(self._rms_norm(rows, self.final_norm), self.lm_head)
+        return self._gather_vocab(F.linear(self._rms_norm(rows, self.final_norm), self.lm_head))
 
     # -- the profiler's backend interface -------------------------------------------------
 
@@ -283,6 +358,7 @@ class TorchBackend:
             "dtype": self.dtype_name,
             "backend": self.name,
             "layers": self.shape.layers,
+            "tensor_parallel": self.tensor_parallel,
             "attention": self.attention,
             "cuda_graph": self.cuda_graph,
             "torch_version": torch.__version__,

@@ -13,6 +13,7 @@ Writes ``crosscheck.csv`` (one row per scenario and n), ``convergence.png``,
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -57,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     parser.add_argument("--scales", default=",".join(map(str, DEFAULT_SCALES)), help="comma-separated n values")
-    parser.add_argument("--backend", choices=["scipy", "jax", "stepmap", "quasistatic"],
+    parser.add_argument("--backend", choices=["stepclock", "stepclock_jax", "scipy", "jax", "stepmap", "quasistatic"],
                         help="fluid backend (default: the config's); stepmap = the exact discrete-time limit")
     parser.add_argument("--dt-out", type=float, default=0.01, help="fluid output spacing [s] (default 0.01)")
     parser.add_argument("--output-dir", help="where tables and figures go (default: <config output_dir>/crosscheck)")
@@ -94,6 +95,12 @@ def solve_reference(cfg, reference, backend: str | None = None):
     from fluidserve.fluid.scaling import rate_profile
     from fluidserve.fluid.solve import solve_params
 
+    backend = backend or cfg.fluid.backend  # the config's backend when --backend is not given
+    if backend in ("stepclock", "stepclock_jax"):
+        from fluidserve.fluid.stepclock_solve import solve_stepclock
+
+        return solve_stepclock(cfg, reference, impl="jax" if backend == "stepclock_jax" else "numpy", pooled_mix=True,
+                               fluctuations=False)
     if backend == "quasistatic":  # no class tables: bins of the reference, its pooled mean request
         from fluidserve.fluid.quasistatic import solve_quasistatic
 
@@ -163,6 +170,8 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--scales must be comma-separated integers, got {args.scales!r}") from None
     if not scales or min(scales) < 1:
         raise InputError(f"--scales must be integers >= 1, got {args.scales!r}")
+    if not (math.isfinite(args.dt_out) and args.dt_out > 0):
+        raise InputError(f"--dt-out must be a number of seconds > 0, got {args.dt_out}")
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for name in names:
         if name not in SCENARIOS:

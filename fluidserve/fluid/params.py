@@ -83,7 +83,7 @@ def check_supported(cfg) -> None:
         )
     if cfg.policy.queue_policy != "FCFS":
         raise UnsupportedError(f"fluid model: policy.queue_policy={cfg.policy.queue_policy} is not modeled (FCFS only)")
-    if cfg.cluster.replicas > 1 and cfg.cluster.router in ("least_loaded", "least_kv"):
+    if cfg.cluster.replicas > 1 and cfg.cluster.router not in ("round_robin", "weighted"):
         raise UnsupportedError(
             f"fluid model: cluster.router={cfg.cluster.router} is not modeled (only rate splits: round_robin, weighted)"
         )

@@ -20,7 +20,7 @@ WL = Workload(np.linspace(0, 1, 20), np.full(20, 50), np.full(20, 10))
         ({"policy.victim_policy": "LRU"}, "victim_policy=LRU"),
         ({"policy.queue_policy": "priority"}, "queue_policy=priority"),
         ({"system.chunked_prefill": True}, "chunked_prefill"),
-        ({"cluster.replicas": 2, "cluster.router": "least_loaded"}, "least_loaded"),
+        ({"cluster.replicas": 2, "cluster.router": "least_loaded", "fluid.backend": "scipy"}, "least_loaded"),
     ],
 )
 def test_unsupported_configs_raise(overrides, needle):
