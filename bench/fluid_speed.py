@@ -28,7 +28,7 @@ def azure(window_s: float, stages: int, scale: int) -> None:
     from fluidserve.sim import simulate
     from fluidserve.workload import AZURE_CONV_SAMPLE, make_workload
 
-    cfg = load_config(ROOT / "config" / "default.yaml", {
+    cfg = load_config(ROOT / "config" / "seed_swapping.yaml", {
         "workload.source": "trace",
         "workload.trace": {"path": str(AZURE_CONV_SAMPLE), "format": "azure", "end_s": window_s},
         "fluid.bin_s": 10.0, "fluid.stages": stages, "fluid.dt_out_s": 1.0, "sim.record_events": False,
@@ -94,7 +94,7 @@ def sweep(points: int) -> None:
 
     jax = _jax()
     jnp = jax.numpy
-    cfg = load_config(ROOT / "config" / "default.yaml", {"fluid.num_classes": 2, "fluid.bin_s": 100.0})
+    cfg = load_config(ROOT / "config" / "seed_swapping.yaml", {"fluid.num_classes": 2, "fluid.bin_s": 100.0})
     rng = np.random.default_rng(3)
     wl = Workload(np.sort(rng.random(2000)) * 99.0, rng.integers(20, 200, 2000), rng.integers(2, 13, 2000))
     p, tables = build_params(cfg, wl)

@@ -1,7 +1,7 @@
 """Length-aware scheduling and routing: shortest-predicted-first with aging, predicted-work routing.
 
 **Shortest predicted first (SPF) with aging** is vLLM's priority scheduling
-(``--scheduling-policy priority``, :class:`~fluidserve.sim.scheduler_v1.PriorityQueue`) with the
+(``--scheduling-policy priority``, :class:`~fluidserve.sim.policies.PriorityQueue`) with the
 priority of a request set from its predicted output length, as length-ranking schedulers on vLLM
 do. A waiting request's rank at time ``t`` is ``predicted_tokens - aging * (t - arrival)``: it
 gains ``aging`` tokens of rank per second it waits, so a long request is not starved. All waiting
