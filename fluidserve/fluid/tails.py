@@ -34,7 +34,7 @@ def _increasing(x: np.ndarray) -> np.ndarray:
 def request_delays(t_b: np.ndarray, s_b: np.ndarray, arrived_b: np.ndarray, admitted_b: np.ndarray,
                    arrival_s: np.ndarray, prefill_tokens: np.ndarray, decode_tokens: np.ndarray,
                    d0_s: float, d1_prefill_s: float, first_token_in_prefill: bool, seed: int = 0,
-                   fluctuations: bool = True) -> pd.DataFrame:
+                   fluctuations: bool = True, chunk_budget_tokens: np.ndarray | None = None) -> pd.DataFrame:
     """Per-request waiting, TTFT, TPOT and E2E [s] (eqs. sc10-sc11).
 
     Args:
@@ -45,6 +45,9 @@ def request_delays(t_b: np.ndarray, s_b: np.ndarray, arrived_b: np.ndarray, admi
         seed: seed of the evaluation of the step-fluctuation law (eq. sc11).
         fluctuations: False gives the fluid limit itself (n -> inf): every step lasts the local
             fluid step time and the residual is uniform over it (the crosscheck's reference).
+        chunk_budget_tokens: with chunked prefill, the token budget left to prefill at each
+            boundary (B minus the decoding requests) [tokens]: a prompt longer than that (with its
+            peers) is prefilled over several steps that each spend it (None: one prefill step).
     """
     n = len(arrival_s)
     rng = np.random.default_rng(seed)
@@ -81,7 +84,12 @@ def request_delays(t_b: np.ndarray, s_b: np.ndarray, arrived_b: np.ndarray, admi
         start = arrival_s - u * tau_in
         end = start + tau_in
         wait = queue + (end - arrival_s)
-        tau_prefill = b + d1_prefill_s * prompts(start, end + 1e-12)  # its own prefill step, with its peers
+        peers = prompts(start, end + 1e-12)  # its prompt and its peers'
+        tau_prefill = b + d1_prefill_s * peers  # its own prefill step
+        if chunk_budget_tokens is not None:  # chunked prefill: several steps that spend the budget
+            left = np.maximum(np.interp(arrival_s, tb, chunk_budget_tokens), 1.0)
+            chunks = peers / left
+            tau_prefill = np.where(chunks > 1.0, chunks * (b + d1_prefill_s * left), tau_prefill)
         tau_first = b + d1_prefill_s * prompts(end, end + tau_prefill)  # V0: decode iteration 0
     else:
         wait = queue + (1.0 - u) * tau

@@ -112,8 +112,10 @@ def test_delays_against_the_simulator_at_n1():
     assert pc["ttft"]["mean"] == pytest.approx(sim["ttft"].mean(), rel=0.15)
     assert pc["ttft"]["p99"] == pytest.approx(sim["ttft"].quantile(0.99), rel=0.25)
     assert pc["tpot"]["p50"] == pytest.approx(sim["tpot"].median(), rel=0.05)
+    v0 = cfg_with(**{"system.scheduler": "vllm_v0", "system.chunked_prefill": False,
+                     "system.enable_prefix_caching": False, "workload.num_requests": 500})
     with pytest.raises(Exception, match="per-request"):
-        fluid.solve(cfg, wl, backend="quasistatic").percentiles()
+        fluid.solve(v0, make_workload(v0), backend="quasistatic").percentiles()
 
 
 def test_least_loaded_replicas_are_an_equal_split():

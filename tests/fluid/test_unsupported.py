@@ -19,7 +19,8 @@ WL = Workload(np.linspace(0, 1, 20), np.full(20, 50), np.full(20, 10))
         ({"policy.victim_policy": "random"}, "victim_policy=random"),
         ({"policy.victim_policy": "LRU"}, "victim_policy=LRU"),
         ({"policy.queue_policy": "priority"}, "queue_policy=priority"),
-        ({"system.chunked_prefill": True}, "chunked_prefill"),
+        ({"system.scheduler": "vllm_v0", "system.chunked_prefill": True, "system.enable_prefix_caching": False,
+          "fluid.backend": "scipy"}, "chunked_prefill"),
         ({"cluster.replicas": 2, "cluster.router": "least_loaded", "fluid.backend": "scipy"}, "least_loaded"),
     ],
 )
