@@ -168,11 +168,12 @@ def solve_stepclock(cfg, workload, batch_time=None, impl: str = "numpy", stride:
         A_b = np.concatenate([[0.0], np.cumsum(o["admit"].sum(-1))])
         # a replica's run sees share * all arrivals: rescale its cumulative curves to its own requests
         frac = sel.sum() / max(a_b[-1], 1e-12)
-        budget = (float(cfg.system.B) - np.concatenate([[0.0], o["running"]])) if cfg.system.chunked_prefill else None
+        left = float(cfg.system.B) - np.concatenate([[0.0], o["running"]])
+        budget = left if cfg.system.chunked_prefill else None
         delays.append(tails.request_delays(t_b, s_b, a_b * frac, A_b * frac, arr_t[sel], P_comp[sel],
                                            D_adm[sel], float(bt.d0_s), float(bt.d1_prefill_s), v1,
                                            seed=int(cfg.seed) + r, fluctuations=fluctuations,
-                                           chunk_budget_tokens=budget).assign(decode_tokens=D_adm[sel]))
+                                           chunk_budget_tokens=budget, budget_tokens=left).assign(decode_tokens=D_adm[sel]))
     delays = pd.concat(delays, ignore_index=True)
     cols["virtual_waiting_s"] = np.interp(ts, np.sort(delays["arrival_s"].to_numpy()),
                                           delays.sort_values("arrival_s")["waiting"].to_numpy())
