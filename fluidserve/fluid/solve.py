@@ -17,7 +17,7 @@ from fluidserve.fluid.classes import ClassTables
 from fluidserve.fluid.params import (
     FluidParams,
     build_params,
-    check_supported,
+    check_supported_ode,
     replica_shares,
 )
 from fluidserve.fluid.result import SERIES_COLUMNS, FluidResult
@@ -243,7 +243,7 @@ def solve(cfg, workload, backend: str | None = None, batch_time=None) -> "FluidR
         from fluidserve.fluid.stepclock_solve import solve_stepclock
 
         return solve_stepclock(cfg, workload, batch_time, impl="jax" if backend == "stepclock_jax" else "numpy")
-    check_supported(cfg)
+    check_supported_ode(cfg)
     if backend == "stepmap":
         from fluidserve.fluid.stepmap import solve_stepmap
 

@@ -392,7 +392,8 @@ def prefix_hits(workload, system) -> tuple[np.ndarray, float]:
     return np.where(first, 0, hit).astype(float), shared
 
 
-def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None = None, pooled_mix: bool = False):
+def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None = None, pooled_mix: bool = False,
+          target_macro_steps: float = TARGET_MACRO_STEPS):
     """(Consts, Groups, h) for one replica receiving ``share`` of the arrivals.
 
     ``pooled_mix``: every rate bin gets the workload's overall group mix (lengths i.i.d. in time,
@@ -432,7 +433,7 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
         total = float(lam.sum() * bin_s)
         tau_guess = bt.d0_s + bt.d1_decode_s * min(s.max_num_seqs, 1.0 + total / max(nb * bin_s, 1e-9)
                                                    * bt.d0_s * groups.decode_tokens @ groups.share)
-        stride = auto_stride(nb * bin_s / max(tau_guess, 1e-6), bin_s / max(tau_guess, 1e-6))
+        stride = auto_stride(nb * bin_s / max(tau_guess, 1e-6), bin_s / max(tau_guess, 1e-6), target_macro_steps)
     h = int(stride)
     w = make_weights(groups.decode_tokens, groups.prefill_tokens, h, (s.block_size - 1) / 2.0, v1,
                      P_memory=groups.computed_tokens)
