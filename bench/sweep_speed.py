@@ -57,7 +57,7 @@ def bench_fluid(n_points: int, sample: int) -> dict:
     sweep = fluid_sweep(n_points)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        report = run_sweep(sweep, tmp, progress=False, use_vmap=True)
+        report = run_sweep(sweep, tmp, progress=False, use_vmap=True, vmap_batch=1024)
         vmap_s = time.perf_counter() - t0
         df = load_results(Path(tmp) / sweep.name).set_index("point_id")
     assert report.vmap_points == len(sweep.points), report

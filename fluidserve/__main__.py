@@ -20,6 +20,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("fluidserve.sweep.cli", "parameter sweeps over config fields"),
     "experiments": ("fluidserve.outputs.experiments", "list / show / compare / archive / export experiments"),
     "generate-requests": ("fluidserve.workload.cli", "write a synthetic requests CSV"),
+    "validate": ("fluidserve.validation.cli", "predicted vs measured on real vLLM runs (inference-perf, benchmark JSON)"),
+    "predict": ("fluidserve.predict.cli", "fit / evaluate output-length predictors"),
+    "study": ("fluidserve.study.cli", "studies: multi-GPU scaling (data and tensor parallel)"),
+    "harness": ("fluidserve.harness.cli", "real-engine experiments: single vs disaggregated vLLM, proxy, power, report"),
+    "plan": ("fluidserve.plan.cli", "cheapest fleet / clock / scheduler meeting a latency SLO, verified in the simulator"),
+    "docs": ("fluidserve.docs", "write docs/config.md, the reference of every config field"),
 }
 
 

@@ -8,10 +8,13 @@ file and the dotted field path. Code downstream trusts a loaded :class:`Config`.
 from __future__ import annotations
 
 from pathlib import Path
+import math
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fluidserve import guards
 from fluidserve.batch_time import BatchTimeModel
 from fluidserve.errors import InputError
 from fluidserve.yamlio import read_yaml
@@ -19,6 +22,16 @@ from fluidserve.yamlio import read_yaml
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info) -> Any:
+        """pydantic reads ``true`` as 1 for an int/float field; refuse it (``M_total: true``)."""
+        if isinstance(value, bool):
+            ann = cls.model_fields[info.field_name].annotation
+            if ann is not bool and bool not in typing.get_args(ann):
+                raise ValueError("expected a number, not a boolean")
+        return value
 
 
 class SystemConfig(_Strict):
@@ -77,6 +90,11 @@ class SystemConfig(_Strict):
                     )
             if self.kv_bytes_per_token is None:
                 object.__setattr__(self, "kv_bytes_per_token", 131072)
+        if self.M_total < self.block_size:
+            raise ValueError(
+                f"system.M_total = {self.M_total} tokens is below one KV block (system.block_size = {self.block_size}):"
+                " zero blocks, every request would be rejected"
+            )
         return self
 
     @property
@@ -99,6 +117,10 @@ class BatchTimeConfig(_Strict):
     d1_decode_s: float | None = Field(None, ge=0)
     d1_s: float | None = Field(None, ge=0, description="two-parameter shortcut: d1_prefill = d1_decode = d1")
     d2_kv_s: float | None = Field(None, ge=0)
+    d3_prefill_attn_s: float | None = Field(None, ge=0, description="s per query x key pair of prefill attention")
+    moe_expert_s: float | None = Field(None, ge=0, description="s per distinct expert a step activates (all layers)")
+    moe_num_experts: int | None = Field(None, ge=0, description="routed experts per MoE layer")
+    moe_top_k: int | None = Field(None, ge=0, description="experts per token")
 
     @model_validator(mode="after")
     def _check(self) -> "BatchTimeConfig":
@@ -120,7 +142,8 @@ class BatchTimeConfig(_Strict):
             base = BatchTimeModel.from_yaml(path).to_dict()
         else:
             base = {"d2_kv_s": 0.0}
-        for key in ("d0_s", "d1_prefill_s", "d1_decode_s", "d2_kv_s"):
+        for key in ("d0_s", "d1_prefill_s", "d1_decode_s", "d2_kv_s", "d3_prefill_attn_s", "moe_expert_s",
+                    "moe_num_experts", "moe_top_k"):
             value = getattr(self, key)
             if value is not None:
                 base[key] = value
@@ -130,8 +153,17 @@ class BatchTimeConfig(_Strict):
 
 
 class PolicyConfig(_Strict):
-    queue_policy: Literal["FCFS", "priority"] = "FCFS"
+    queue_policy: Literal["FCFS", "priority", "shortest_predicted"] = Field(
+        "FCFS", description="FCFS; priority (vLLM's, lowest value first); shortest_predicted: shortest predicted "
+        "output first with aging (fluidserve/sim/length_aware.py)")
     victim_policy: Literal["LIFO", "FIFO", "random", "LRU"] = "LIFO"
+    length_predictor: str = Field(
+        "exact", description="output-length predictions for shortest_predicted / least_predicted_work: exact "
+        "(the true max_tokens), noisy (true x exp(N(0, prediction_noise^2))), or a predictor file from "
+        "'fluidserve predict fit'")
+    prediction_noise: float = Field(0.0, ge=0, description="sigma of the log-normal noise of length_predictor: noisy")
+    aging_tokens_per_s: float = Field(
+        50.0, ge=0, description="shortest_predicted: predicted tokens of rank a waiting request gains per second")
 
 
 class MMPPConfig(_Strict):
@@ -163,7 +195,7 @@ class SharedPrefixConfig(_Strict):
     """Shared system prompts: each request gets one of ``num_groups`` prompts of
     ``system_prompt_len`` tokens followed by ``question_len`` (inclusive range) private tokens."""
 
-    num_groups: int = Field(..., ge=1)
+    num_groups: int = Field(..., ge=1, description="number of distinct shared system prompts (prefix groups)")
     system_prompt_len: int = Field(..., ge=1, description="tokens of each group's shared system prompt")
     question_len: tuple[int, int] = Field(..., description="[lo, hi] private prompt tokens after it")
 
@@ -191,16 +223,27 @@ class WorkloadConfig(_Strict):
     def _check(self) -> "WorkloadConfig":
         if self.source == "trace" and self.trace is None:
             raise ValueError("workload.source is 'trace' but workload.trace (path, format) is missing")
+        guards.check_num_requests(self.num_requests)
+        if self.source == "synthetic" and self.arrival_rate is not None:
+            guards.check_arrival_window(
+                self.num_requests / self.arrival_rate,
+                f"workload.arrival_rate = {self.arrival_rate:g} req/s with {self.num_requests:,} requests",
+            )
         return self
 
 
 class ClusterConfig(_Strict):
     replicas: int = Field(1, ge=1)
-    router: Literal["round_robin", "least_loaded", "weighted"] = "round_robin"
+    router: Literal["round_robin", "least_loaded", "weighted", "least_kv", "least_predicted_work"] = "round_robin"
     weights: list[float] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "ClusterConfig":
+        guards.check_replicas(self.replicas)
+        if self.weights is not None:
+            bad = [w for w in self.weights if not math.isfinite(w)]
+            if bad:
+                raise ValueError(f"cluster.weights must be finite numbers, got {bad[0]}")
         if self.router == "weighted":
             if self.weights is None:
                 raise ValueError("cluster.router 'weighted' needs cluster.weights (one per replica)")
@@ -219,6 +262,10 @@ class SimConfig(_Strict):
     max_steps: int | None = Field(None, gt=0, description="safety cap on engine steps")
 
 
+#: the integrators of ``scipy.integrate.solve_ivp`` (``fluid.method``).
+SOLVE_IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+
+
 class FluidConfig(_Strict):
     enabled: bool = True
     num_classes: int = Field(4, ge=1, le=64, description="request classes K (quantile bins of a trace)")
@@ -230,15 +277,22 @@ class FluidConfig(_Strict):
     rtol: float = Field(1e-6, gt=0)
     atol: float = Field(1e-8, gt=0)
     bin_s: float = Field(10.0, gt=0, description="bin width for time-varying arrival rates, s")
-    horizon_s: float | None = Field(None, gt=0, description="solve horizon; default: last arrival + drain time")
+    horizon_s: float | None = Field(None, gt=0, description="solve horizon, s; default: last arrival + drain time")
     stages: int | None = Field(None, ge=1, description="decode stages per class (None: exact, one per token)")
     dt_out_s: float | None = Field(None, gt=0, description="fluid output spacing, s (None: window/2000 in [0.01, 1])")
     step_stride: int | None = Field(None, ge=1, description="stepclock: engine steps per macro step (None: auto; 1: exact step map)")
 
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if value not in SOLVE_IVP_METHODS:
+            raise ValueError(f"unknown solve_ivp method; choose one of {', '.join(SOLVE_IVP_METHODS)}")
+        return value
+
 
 class Config(_Strict):
     name: str = "default"
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="random seed (numpy needs a non-negative integer)")
     output_dir: str = "results"
     system: SystemConfig
     batch_time: BatchTimeConfig
@@ -250,6 +304,13 @@ class Config(_Strict):
 
     # set by load_config: the directory of the YAML file (for relative paths)
     base_dir: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "Config":
+        w = self.workload
+        if self.fluid.enabled and w.source == "synthetic" and w.arrival_rate is not None:
+            guards.check_fluid_sizes(self.fluid, w.num_requests / w.arrival_rate, estimated=True)
+        return self
 
     def batch_time_model(self) -> BatchTimeModel:
         return self.batch_time.model(Path(self.base_dir) if self.base_dir else None)
@@ -265,6 +326,11 @@ class Config(_Strict):
         return self.model_dump(mode="json", exclude={"base_dir"})
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem, each naming the dotted field path and the bad value."""
     parts = []
@@ -274,7 +340,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         value = err.get("input")
-        shown = "" if err["type"] in ("missing",) or isinstance(value, dict) else f" (got {value!r})"
+        shown = "" if err["type"] in ("missing",) or isinstance(value, dict) else f" (got {_short_repr(value)})"
         parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}")
     return f"{source}: " + "; ".join(parts)
 
@@ -298,7 +364,18 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     data = read_yaml(path, "config")
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
-    return config_from_dict(data, str(path), str(path.parent.resolve()))
+    cfg = config_from_dict(data, str(path), str(path.parent.resolve()))
+    check_overrides_apply(cfg, overrides or {}, f"{path}: override")
+    return cfg
+
+
+def check_overrides_apply(cfg: Config, dotted_keys, source: str) -> None:
+    """Refuse an override that the loaded config would ignore (not silently drop it)."""
+    if cfg.workload.source == "trace" and "workload.num_requests" in dotted_keys:
+        raise InputError(
+            f"{source} workload.num_requests does not apply to a trace workload (workload.source is 'trace'); "
+            "cap the trace with workload.trace.max_requests"
+        )
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

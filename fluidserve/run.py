@@ -8,13 +8,13 @@ Simulator results are written before the fluid model runs, so a failure there lo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from fluidserve.yamlio import safe_load
 from fluidserve.errors import InputError, cli_errors
 from fluidserve.jsonout import to_json
 
@@ -39,7 +39,7 @@ def parse_overrides(items: list[str]) -> dict:
             raise InputError(f"--set expects FIELD=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key.strip()] = safe_load(value)
         except yaml.YAMLError as exc:
             raise InputError(f"--set {key}: cannot parse value {value!r} ({exc})") from None
     return out
@@ -56,13 +56,22 @@ def run_job(cfg, output_dir: str | None = None, fluid: bool = True, figures: boo
     from fluidserve.sim import simulate
     from fluidserve.workload import make_workload
 
+    from fluidserve import guards
+
     t0 = time.perf_counter()
     workload = make_workload(cfg)
     log(f"workload: {len(workload)} requests over {workload.duration_s:.1f} s ({workload.mean_rate:.2f} req/s)")
+    guards.check_num_requests(len(workload), "the workload")
+    if len(workload):
+        guards.check_arrival_window(float(workload.arrival_time_s.max()), "the workload")
+    warning = guards.check_capacity(cfg.system, workload.prefill_tokens, workload.decode_tokens)
+    if warning:
+        log(f"warning: {warning}")
     result = simulate(cfg, workload, progress=progress)
     log(f"simulator: {result.num_steps} steps in {result.wall_time_s:.2f} s")
     exp_dir = make_experiment_dir(output_dir or cfg.output_dir, cfg.name)
-    summary = write_result(result, exp_dir, cfg)
+    # "incomplete" until the last stage is done: a run stopped in between stays so in "experiments list"
+    summary = write_result(result, exp_dir, cfg, status="incomplete")
     log(f"simulator results written to {exp_dir}")
     if figures:
         figs.save_figure(figs.system_dynamics(result), exp_dir / "system_dynamics")
@@ -72,9 +81,10 @@ def run_job(cfg, output_dir: str | None = None, fluid: bool = True, figures: boo
         summary["fluid"] = _run_fluid(cfg, workload, result, exp_dir, figures)
     summary["experiment_dir"] = str(exp_dir)
     summary["wall_time_s"] = time.perf_counter() - t0
+    summary["status"] = "complete"
     from fluidserve.outputs.writer import write_text_atomic
 
-    write_text_atomic(exp_dir / "summary.json", json.dumps(summary, indent=2, default=_json_default))
+    write_text_atomic(exp_dir / "summary.json", to_json(summary, indent=2))
     return exp_dir, summary
 
 
@@ -140,13 +150,6 @@ def _fluid_percentiles(fres, result) -> tuple[dict, list[str]]:
         cells = "".join(f"{fl[key][f'p{q}'] * 1e3:11.1f}{sim[f'p{q}'] * 1e3:10.1f}" for q in (50, 90, 99))
         lines.append(f"  {key:<18}{cells}")
     return out, lines
-
-
-def _json_default(obj):
-    try:
-        return float(obj)
-    except (TypeError, ValueError):
-        return str(obj)
 
 
 @cli_errors

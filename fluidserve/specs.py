@@ -93,7 +93,17 @@ class ModelSpec:
     learned_positions: int = 0
     rope_theta: float | None = None
     norm_eps: float = 1e-5
+    qkv_bias: bool = False
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate: int = 0
+    dtype_bytes: int = 2
     aliases: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def is_moe(self) -> bool:
+        """True for a mixture-of-experts model (``num_experts`` routed experts per MoE layer)."""
+        return self.num_experts > 0
 
     @property
     def rms_eps(self) -> float:
@@ -173,31 +183,67 @@ def gpu(name: str | GpuSpec) -> GpuSpec:
     return specs[found]
 
 
-def model(name: str | ModelSpec) -> ModelSpec:
-    """The model preset called ``name`` (case-insensitive, aliases allowed); a ModelSpec passes through."""
+def model(name: str | ModelSpec, models_dir: str | Path | None = None) -> ModelSpec:
+    """The model called ``name``: a preset (case-insensitive, aliases allowed), a path to a Hugging
+    Face ``config.json`` (or to its folder), or with ``models_dir`` a model id ``org/<name>`` found
+    as ``models_dir/<name>/config.json``. A ModelSpec passes through.
+    """
     if isinstance(name, ModelSpec):
         return name
+    from fluidserve import hf_config
+
+    path = hf_config.find_config(str(name), models_dir)
+    if path is not None:
+        return hf_config.load(path)
     specs, index = _models()
     found = index.get(_key(name))
     if found is None:
-        raise InputError(f"unknown model preset '{name}'; known models: {', '.join(specs)}")
+        where = f" and no {Path(models_dir) / str(name).split('/')[-1] / 'config.json'}" if models_dir else ""
+        raise InputError(
+            f"unknown model preset '{name}'{where}; give a path to a Hugging Face config.json or one of the "
+            f"presets: {', '.join(specs)}"
+        )
     return specs[found]
 
 
-def layer_params(m: str | ModelSpec) -> int:
-    """Parameters of one decoder layer (attention, MLP, norms)."""
+def expert_params(m: str | ModelSpec) -> int:
+    """Parameters of one MLP: a routed expert of a MoE layer, or the dense MLP of a dense model."""
+    m = model(m)
+    inter = m.moe_intermediate if m.is_moe else m.intermediate
+    mlp = (3 if m.gated_mlp else 2) * m.hidden * inter
+    if m.linear_bias:
+        mlp += (2 if m.gated_mlp else 1) * inter + m.hidden
+    return mlp
+
+
+def attention_params(m: str | ModelSpec) -> int:
+    """Parameters of one layer's attention projections (q, k, v, o and their biases)."""
     m = model(m)
     q = m.hidden * m.heads * m.head_dim
     kv = 2 * m.hidden * m.kv_heads * m.head_dim
     o = m.heads * m.head_dim * m.hidden
     attn = q + kv + o
-    mlp = (3 if m.gated_mlp else 2) * m.hidden * m.intermediate
     if m.linear_bias:
         attn += m.heads * m.head_dim + 2 * m.kv_heads * m.head_dim + m.hidden
-        mlp += (2 if m.gated_mlp else 1) * m.intermediate + m.hidden
+    elif m.qkv_bias:
+        attn += m.heads * m.head_dim + 2 * m.kv_heads * m.head_dim
+    return attn
+
+
+def layer_params(m: str | ModelSpec, active_only: bool = False) -> int:
+    """Parameters of one decoder layer (attention, MLP or experts + router, norms).
+
+    ``active_only``: for a MoE model count only the ``experts_per_token`` experts one token uses.
+    """
+    m = model(m)
+    if m.is_moe:
+        experts = m.experts_per_token if active_only else m.num_experts
+        mlp = experts * expert_params(m) + m.hidden * m.num_experts  # router: hidden x E, no bias
+    else:
+        mlp = expert_params(m)
     per_norm = m.hidden * (2 if m.norm == "layernorm" else 1)
     norms = 2 * per_norm + (2 * m.head_dim if m.qk_norm else 0)
-    return attn + mlp + norms
+    return attention_params(m) + mlp + norms
 
 
 def embedding_params(m: str | ModelSpec) -> int:
@@ -212,17 +258,21 @@ def lm_head_params(m: str | ModelSpec) -> int:
     return m.vocab * m.hidden
 
 
-def param_count(m: str | ModelSpec) -> int:
-    """Exact parameter count from the architecture: layers, final norm, embeddings, untied LM head."""
+def param_count(m: str | ModelSpec, active_only: bool = False) -> int:
+    """Exact parameter count from the architecture: layers, final norm, embeddings, untied LM head.
+
+    ``active_only``: a MoE model's parameters used per token (``experts_per_token`` experts).
+    """
     m = model(m)
     final_norm = m.hidden * (2 if m.norm == "layernorm" else 1)
     head = 0 if m.tied_embeddings else lm_head_params(m)
-    return m.layers * layer_params(m) + final_norm + embedding_params(m) + head
+    return m.layers * layer_params(m, active_only) + final_norm + embedding_params(m) + head
 
 
-def weight_bytes(m: str | ModelSpec, dtype_bytes: int = 2) -> int:
-    """Bytes of all weights at ``dtype_bytes`` per parameter (2 for FP16/BF16)."""
-    return param_count(m) * int(dtype_bytes)
+def weight_bytes(m: str | ModelSpec, dtype_bytes: int | None = None) -> int:
+    """Bytes of all weights at ``dtype_bytes`` per parameter (default: the model's dtype, 2 for BF16)."""
+    m = model(m)
+    return param_count(m) * int(dtype_bytes or m.dtype_bytes)
 
 
 def kv_heads_per_gpu(m: str | ModelSpec, tensor_parallel: int = 1) -> int:

@@ -64,10 +64,10 @@ assert sp.simplify(lam_c - x_max) == 0
 sp.simplify(lam_c)
 
 # %% [markdown]
-# ## 3. Numerical checks on the default config (150 req/s)
+# ## 3. Numerical checks on the seed config (vllm_v0, 150 req/s)
 
 # %%
-cfg = load_config(ROOT / "config" / "default.yaml", {
+cfg = load_config(ROOT / "config" / "seed_swapping.yaml", {
     "workload.arrival_rate": 150.0, "workload.num_requests": 4500, "fluid.bin_s": 30.0,
     "fluid.horizon_s": 20.0, "fluid.dt_out_s": 0.5,
 })

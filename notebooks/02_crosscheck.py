@@ -32,7 +32,7 @@ from fluidserve.config import load_config
 from fluidserve.fluid import compare, crosscheck
 
 ROOT = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file())
-cfg = load_config(ROOT / "config" / "default.yaml")
+cfg = load_config(ROOT / "config" / "seed_swapping.yaml")
 SCALES = (1, 4, 16)
 
 # %% [markdown]

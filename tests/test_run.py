@@ -57,7 +57,9 @@ def test_main_job_writes_every_output(tmp_path):
 
 
 def test_main_job_with_fluid_model(tmp_path):
-    cfg = small_config(tmp_path, base="seed_swapping.yaml", fluid={"enabled": True})  # the fluid model is vllm_v0
+    # the fluid model is vllm_v0; 600 requests at 200 req/s arrive over 3 s: bins of 0.5 s
+    # (the default 10 s bin is refused)
+    cfg = small_config(tmp_path, base="seed_swapping.yaml", fluid={"enabled": True, "bin_s": 0.5})
     proc = run_cli("--config", cfg, "--output-dir", tmp_path / "out", "--json", "--quiet", "--no-figures")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)

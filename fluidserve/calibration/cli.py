@@ -18,6 +18,7 @@ ACTIONS: list[tuple[str, str, str]] = [
     ("roofline", "fluidserve.calibration.roofline", "batch-time coefficients and M_total from GPU/model presets"),
     ("profile", "fluidserve.calibration.profiler", "measure step times (and energy) over a grid of batch shapes"),
     ("load", "fluidserve.calibration.loadclient", "open-loop load against an OpenAI-compatible endpoint"),
+    ("from-runs", "fluidserve.calibration.from_runs", "fit a GPU's serving efficiencies to real vLLM runs (simulation in the loop)"),
     ("fit-tp", "fluidserve.calibration.tp_fit", "fit all-reduce latency/bandwidth and TP overheads from TP profiles"),
 ]
 

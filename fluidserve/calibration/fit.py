@@ -50,7 +50,8 @@ PROFILE_COLUMNS = ("phase", "batch_size", "prefill_tokens", "decode_tokens", "kv
 NUMERIC_COLUMNS = PROFILE_COLUMNS[1:]
 FOUR = ("d0_s", "d1_prefill_s", "d1_decode_s", "d2_kv_s")
 TWO = ("d0_s", "d1_s")
-FORMS = {"four": FOUR, "two": TWO}
+FIVE = FOUR + ("d3_prefill_attn_s",)
+FORMS = {"four": FOUR, "two": TWO, "five": FIVE}
 PHASES = ("all", "decode", "prefill", "mixed")
 WEIGHTINGS = ("relative", "none")
 
@@ -98,6 +99,12 @@ def validate_profile(df: pd.DataFrame, source: str = "profile") -> pd.DataFrame:
             raise InputError(f"{source}: row {i + 1} (line {i + 2}): {col} must be {need}, got {df[col].iloc[i]!r}")
         out[col] = values
     out["phase"] = out["phase"].astype(str).str.strip().str.lower()
+    bad_phase = ~out["phase"].isin(PHASES[1:])
+    if bad_phase.any():
+        i = int(np.argmax(bad_phase.to_numpy()))
+        raise InputError(
+            f"{source}: row {i + 1} (line {i + 2}): phase {df['phase'].iloc[i]!r} is not one of {', '.join(PHASES[1:])}"
+        )
     out["time_s"] = out["time_ms"] * 1e-3
     return out
 
@@ -115,16 +122,35 @@ def select_phase(df: pd.DataFrame, phase: str, source: str = "profile") -> pd.Da
     return sel
 
 
+def prefill_attention_tokens(df: pd.DataFrame) -> np.ndarray:
+    """Per row, the sum over its prompt chunks of ``c * (k + c)`` (the BatchTimeModel contract).
+
+    Taken from a ``prefill_attention_tokens`` column when the profile has one; otherwise the
+    profiler's shapes are assumed: the row's prompt tokens split evenly over its
+    ``batch_size - decode_tokens`` prompts (at least one), none of them cached (``k = 0``).
+    """
+    if "prefill_attention_tokens" in df:
+        return df["prefill_attention_tokens"].to_numpy(dtype=np.float64)
+    p = df["prefill_tokens"].to_numpy(dtype=np.float64)
+    d = df["decode_tokens"].to_numpy(dtype=np.float64)
+    b = df["batch_size"].to_numpy(dtype=np.float64) if "batch_size" in df else d + 1.0
+    prompts = np.where(p > 0, np.maximum(b - d, 1.0), 1.0)
+    return p * p / prompts
+
+
 def design_matrix(df: pd.DataFrame, form: str = "four") -> np.ndarray:
-    """The regressors of ``form``: ``[1, prefill, decode, kv]`` or ``[1, prefill + decode]``."""
+    """The regressors of ``form``: ``[1, prefill, decode, kv]`` (``four``), plus the prefill-attention
+    pairs (``five``), or ``[1, prefill + decode]`` (``two``)."""
     ones = np.ones(len(df))
     p = df["prefill_tokens"].to_numpy(dtype=np.float64)
     d = df["decode_tokens"].to_numpy(dtype=np.float64)
     if form == "four":
         return np.column_stack([ones, p, d, df["kv_tokens"].to_numpy(dtype=np.float64)])
+    if form == "five":
+        return np.column_stack([ones, p, d, df["kv_tokens"].to_numpy(dtype=np.float64), prefill_attention_tokens(df)])
     if form == "two":
         return np.column_stack([ones, p + d])
-    raise InputError(f"fit form must be 'four' or 'two', got {form!r}")
+    raise InputError(f"fit form must be 'four', 'five' or 'two', got {form!r}")
 
 
 # -- the fit -----------------------------------------------------------------------------------
@@ -154,6 +180,8 @@ class FitResult:
     dof: int
     weighting: str
     data: pd.DataFrame = field(repr=False)
+    ci_hc3_s: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    lack_of_fit: dict[str, Any] | None = None
 
     @property
     def model(self) -> BatchTimeModel:
@@ -176,6 +204,10 @@ class FitResult:
             stderr={n: self.stderr_s[n] for n in self.names},
             unidentified=list(self.unidentified), clipped=list(self.clipped), filled=dict(self.filled),
             weighting=self.weighting,
+            ci_hc3={n: (list(v) if v is not None else None) for n, v in self.ci_hc3_s.items()},
+            interval_methods={"ci": "classical s^2 (X'WX)^-1, Student t (assumes homoscedastic weighted errors)",
+                              "ci_hc3": "HC3 heteroscedasticity-consistent sandwich (MacKinnon-White), Student t"},
+            lack_of_fit=self.lack_of_fit,
         )
         return out
 
@@ -308,6 +340,14 @@ def fit_batch_time(
 
     full = np.array([coefs[nm] if coefs[nm] is not None else filled.get(nm, 0.0) for nm in names])
     pred = x @ full
+    w_final = 1.0 / np.maximum(pred, 1e-12) if weighting == "relative" else np.ones(n)
+    free = [j for j in keep if names[j] not in clipped]
+    hc3_se = _hc3_stderr(x[:, free] * w_final[:, None], (y - pred) * w_final)
+    ci_hc3: dict[str, tuple[float, float] | None] = {nm: None for nm in names}
+    for j, e in zip(free, hc3_se):
+        c = coefs[names[j]]
+        ci_hc3[names[j]] = (c - t * e, c + t * e)
+    lof = lack_of_fit_test(profile_df, (y - pred) * w_final, len(free), y - pred)
     resid = y - pred
     rel = resid / y
     ss_tot = float(np.sum((y - y.mean()) ** 2))
@@ -320,8 +360,67 @@ def fit_batch_time(
         clipped=tuple(clipped), filled=filled, mape=float(np.mean(np.abs(rel))),
         max_error=float(np.max(np.abs(rel))),
         r2=float(1.0 - np.sum(resid**2) / ss_tot) if ss_tot > 0 else float("nan"),
-        rows=n, dof=int(dof), weighting=weighting, data=data,
+        rows=n, dof=int(dof), weighting=weighting, data=data, ci_hc3_s=ci_hc3, lack_of_fit=lof,
     )
+
+
+def _hc3_stderr(xw: np.ndarray, resid_w: np.ndarray) -> np.ndarray:
+    """HC3 standard errors of weighted least squares (MacKinnon & White 1985).
+
+    ``cov = (X'X)^-1 X' diag(e_i^2 / (1 - h_ii)^2) X (X'X)^-1`` on the weighted design: valid
+    when the errors' variance differs from row to row (as step-time errors that are lack of fit
+    do), unlike ``s^2 (X'X)^-1``.
+    """
+    bread = np.linalg.inv(xw.T @ xw)
+    h = np.einsum("ij,jk,ik->i", xw, bread, xw)
+    u = resid_w / np.clip(1.0 - h, 1e-12, None)
+    meat = (xw * (u**2)[:, None]).T @ xw
+    return np.sqrt(np.clip(np.diag(bread @ meat @ bread), 0.0, None))
+
+
+def lack_of_fit_test(df: pd.DataFrame, resid_w: np.ndarray, k: int,
+                     resid_s: np.ndarray | None = None) -> dict[str, Any] | None:
+    """Lack of fit: are the residuals larger than the timing noise?
+
+    With the profiler's per-row repetition statistics (``reps``, ``time_ms_p10``, ``time_ms_p90``)
+    the noise of each row's mean time is known: ``sd = (p90 - p10) / 2.563`` (normal quantiles),
+    ``se = sd / sqrt(reps)``, and ``chi2 = sum((residual / se)^2)`` on ``n - k`` degrees of
+    freedom tests whether the residuals are noise (method ``replicate_spread``; ``ratio`` =
+    chi2 / dof, ~1 for a model that fits to within noise). Otherwise, with replicated batch shapes
+    (rows with equal prefill, decode, kv tokens), the classical F test below (method ``replicates``).
+
+    Splits the weighted residual sum of squares into pure error (the scatter of replicates around
+    their own mean) and lack of fit (the group means around the model):
+    ``F = (SS_lof / (m - k)) / (SS_pe / (n - m))`` with ``m`` distinct shapes. A small p-value means
+    the model's errors are not timing noise, and its classical intervals are too narrow.
+    None when the profile has no replicates.
+    """
+    from scipy import stats
+
+    if resid_s is not None and {"reps", "time_ms_p10", "time_ms_p90"} <= set(df.columns):
+        reps = df["reps"].to_numpy(dtype=np.float64)
+        sd_s = (df["time_ms_p90"].to_numpy(dtype=np.float64) - df["time_ms_p10"].to_numpy(dtype=np.float64)) / 2.563e3
+        se_s = sd_s / np.sqrt(np.maximum(reps, 1.0))
+        ok = se_s > 0
+        dof = int(ok.sum()) - k
+        if dof > 0:
+            chi2 = float(np.sum((resid_s[ok] / se_s[ok]) ** 2))
+            return {"method": "replicate_spread", "chi2": chi2, "dof": dof, "ratio": chi2 / dof,
+                    "p_value": float(stats.chi2.sf(chi2, dof)),
+                    "median_abs_residual_over_noise": float(np.median(np.abs(resid_s[ok] / se_s[ok])))}
+    keys = df[["prefill_tokens", "decode_tokens", "kv_tokens"]].astype(np.int64).astype(str).agg("/".join, axis=1)
+    groups = pd.Series(resid_w).groupby(keys.to_numpy())
+    n, m = len(resid_w), groups.ngroups
+    ss_pe = float(groups.apply(lambda g: float(((g - g.mean()) ** 2).sum())).sum())
+    ss_res = float(np.sum(resid_w**2))
+    ss_lof = ss_res - ss_pe
+    dof_pe, dof_lof = n - m, m - k
+    if dof_pe <= 0 or dof_lof <= 0 or ss_pe <= 0:
+        return None
+    f = (ss_lof / dof_lof) / (ss_pe / dof_pe)
+    return {"method": "replicates", "F": float(f), "p_value": float(stats.f.sf(f, dof_lof, dof_pe)), "shapes": int(m),
+            "dof_lack_of_fit": int(dof_lof), "dof_pure_error": int(dof_pe),
+            "lack_of_fit_share": float(ss_lof / ss_res) if ss_res > 0 else 0.0}
 
 
 class BatchTimeFit:
@@ -425,7 +524,8 @@ def format_report(four: FitResult, two: FitResult, notes: Sequence[str] = ()) ->
 
 
 def write_preset(path: str | Path, four: FitResult, two: FitResult | None = None, source: str = "",
-                 phase: str = "all", extra: Mapping[str, Any] | None = None) -> Path:
+                 phase: str = "all", extra: Mapping[str, Any] | None = None,
+                 energy: Mapping[str, Any] | None = None) -> Path:
     """Write the four-coefficient fit as a preset YAML that ``BatchTimeModel.from_yaml`` reads.
 
     Raises InputError if a coefficient was neither identified nor filled (the preset would
@@ -461,6 +561,8 @@ def write_preset(path: str | Path, four: FitResult, two: FitResult | None = None
                              "max_error": two.max_error}
     meta.update(extra or {})
     data["metadata"] = meta
+    if energy is not None:  # the step-energy fit (fluidserve.calibration.energy_fit), beside the step time
+        data["energy"] = dict(energy)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -480,6 +582,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write the fitted coefficients as a batch-time preset YAML")
     parser.add_argument("--output-dir", help="directory for the residual plot (fit_residuals.png/.pdf)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--idle-w", type=float, default=None,
+                        help="measured board power with no step running, W (stored with the energy fit)")
 
 
 def _profile_value(df: pd.DataFrame, col: str) -> str | None:
@@ -507,6 +611,8 @@ def roofline_fill(df: pd.DataFrame, gpu: str | None, model: str | None, tp: int,
 
 @cli_errors
 def main(args: argparse.Namespace) -> int:
+    if args.out and Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a directory; give the preset file, e.g. {Path(args.out) / 'preset.yaml'}")
     df = select_phase(read_profile(args.profile), args.phase, args.profile)
     need_fill = not (df["prefill_tokens"] > 0).any() or not (df["decode_tokens"] > 0).any()
     fill, fill_note = (None, None)
@@ -514,6 +620,9 @@ def main(args: argparse.Namespace) -> int:
         fill, fill_note = roofline_fill(df, args.gpu, args.model, args.tp, explicit=bool(args.gpu or args.model))
     four = fit_batch_time(df, "four", args.weighting, fill, source=args.profile)
     two = fit_batch_time(df, "two", args.weighting, source=args.profile)
+    five = None
+    if (df["prefill_tokens"] > 0).any() and len(df) >= 8:
+        five = fit_batch_time(df, "five", args.weighting, fill, source=args.profile)
     notes = []
     for nm in four.unidentified:
         why = {
@@ -529,8 +638,16 @@ def main(args: argparse.Namespace) -> int:
         notes.append(f"{nm} came out negative unconstrained and is held at 0 (non-negative fit)")
     report = fit_report(four, two, notes)
     report.update(source=str(args.profile), phase=args.phase)
+    from fluidserve.calibration.energy_fit import cli_section
+
+    energy = cli_section(df, four.model, getattr(args, "idle_w", None), args.profile)
+    if energy is not None:
+        report["energy"] = energy["report"]
+    if five is not None:
+        report["with_prefill_attention"] = five.summary()
     if args.out:
-        report["preset"] = str(write_preset(args.out, four, two, args.profile, args.phase))
+        report["preset"] = str(write_preset(args.out, four, two, args.profile, args.phase,
+                                            energy=None if energy is None else energy["preset"]))
     if args.output_dir:
         from fluidserve.calibration.roofline import save_figure
 
@@ -541,6 +658,26 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(f"fit of {args.profile} (phase {args.phase})")
     print(format_report(four, two, notes))
+    for res, title in ((four, "four-coefficient"), (five, "with prefill attention")):
+        if res is None:
+            continue
+        hc3 = ", ".join(f"{n} [{a:.3e}, {b:.3e}]" for n, v in res.ci_hc3_s.items() if v for a, b in [v])
+        print(f"-- {title}: HC3 (heteroscedasticity-consistent) 95% CI: {hc3}")
+        if res is five:
+            print(f"   MAPE {100 * res.mape:.2f}%   d3_prefill_attn_s {res.coef_s['d3_prefill_attn_s']}")
+        lof = res.lack_of_fit
+        if lof and lof["method"] == "replicate_spread":
+            print(f"   lack of fit: chi2/dof = {lof['ratio']:.3g} (residuals vs the rows' own timing noise from "
+                  f"reps and p10/p90), p = {lof['p_value']:.2g}: residuals are "
+                  + ("lack of fit, not noise; read the HC3 intervals" if lof["p_value"] < 0.01 else "within noise"))
+        elif lof:
+            print(f"   lack of fit: F = {lof['F']:.1f} on ({lof['dof_lack_of_fit']}, {lof['dof_pure_error']}) dof, "
+                  f"p = {lof['p_value']:.2g}; {100 * lof['lack_of_fit_share']:.0f}% of the residual sum of squares "
+                  "is lack of fit (not timing noise)")
+        else:
+            print("   lack of fit: no replicated batch shapes to test it")
+    if energy is not None:
+        print(energy["text"])
     if "preset" in report:
         print(f"preset: {report['preset']}")
     for p in report.get("plots", []):

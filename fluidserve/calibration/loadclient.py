@@ -266,8 +266,11 @@ async def _scrape(client, settings: LoadSettings, t0: float, stop: asyncio.Event
 
 
 async def run_load_async(workload: Workload, settings: LoadSettings, power_monitor=None,
-                         progress: bool = False) -> LoadResult:
-    """Send the workload open-loop; returns the per-request, per-token and metrics tables."""
+                         progress: bool = False, on_request=None) -> LoadResult:
+    """Send the workload open-loop; returns the per-request, per-token and metrics tables.
+
+    ``on_request(record, chunk_times)``, when given, is called as each request ends (its
+    REQUEST_TRACE_COLUMNS record and its chunk times), so a caller can keep results as they come."""
     httpx = require("httpx", "calib")
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
     timeout = httpx.Timeout(settings.request_timeout_s, connect=30.0)
@@ -291,6 +294,8 @@ async def run_load_async(workload: Workload, settings: LoadSettings, power_monit
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(_one_request(client, settings, i, float(a), int(p), int(d), t0)))
+            if on_request is not None:  # as soon as the request ends, even while later ones are still sent
+                tasks[-1].add_done_callback(_report_to(on_request))
         results = []
         for n, fut in enumerate(asyncio.as_completed(tasks), 1):
             results.append(await fut)
@@ -324,9 +329,18 @@ async def run_load_async(workload: Workload, settings: LoadSettings, power_monit
     return LoadResult(requests, gaps, metrics, summary, power_monitor)
 
 
-def run_load(workload: Workload, settings: LoadSettings, power_monitor=None, progress: bool = False) -> LoadResult:
+def _report_to(on_request):
+    def done(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is None:
+            on_request(*task.result())
+
+    return done
+
+
+def run_load(workload: Workload, settings: LoadSettings, power_monitor=None, progress: bool = False,
+             on_request=None) -> LoadResult:
     """Synchronous wrapper of :func:`run_load_async`."""
-    return asyncio.run(run_load_async(workload, settings, power_monitor, progress))
+    return asyncio.run(run_load_async(workload, settings, power_monitor, progress, on_request))
 
 
 def summarize(requests: pd.DataFrame, gaps: pd.DataFrame, wall_s: float) -> dict[str, Any]:
@@ -352,7 +366,38 @@ def summarize(requests: pd.DataFrame, gaps: pd.DataFrame, wall_s: float) -> dict
         "send_lag_s_max": float((requests["send_time"] - requests["arrival_time"]).max()),
     })
     out.update(_stats(gaps["gap_s"], "token_gap"))
+    out["behind_schedule"] = schedule_warning(requests["arrival_time"], requests["send_time"])
     return out
+
+
+#: the client counts as behind its schedule when a request left this late [s] ...
+SEND_LAG_WARN_S = 0.1
+#: ... or the achieved send rate is below this fraction of the scheduled rate.
+SEND_RATE_WARN_FRACTION = 0.9
+
+
+def schedule_warning(arrival_s, send_s) -> str | None:
+    """A one-line warning when the client could not send on schedule, else None.
+
+    ``arrival_s`` are the scheduled send times and ``send_s`` the actual ones (seconds from the
+    start). A client that falls behind sends a lower rate than asked, so the server's measured
+    TTFT and queueing are those of a lighter load.
+    """
+    a, t = np.asarray(arrival_s, dtype=float), np.asarray(send_s, dtype=float)
+    ok = np.isfinite(a) & np.isfinite(t)
+    a, t = a[ok], t[ok]
+    if len(a) < 2:
+        return None
+    lag = float((t - a).max())
+    span_a, span_t = float(a.max() - a.min()), float(t.max() - t.min())
+    asked = (len(a) - 1) / span_a if span_a > 0 else float("inf")
+    sent = (len(t) - 1) / span_t if span_t > 0 else float("inf")
+    slow = span_a > 0 and sent < SEND_RATE_WARN_FRACTION * asked
+    if lag <= SEND_LAG_WARN_S and not slow:
+        return None
+    return (f"the client fell behind its schedule: sent {sent:.1f} req/s of {asked:.1f} req/s scheduled, "
+            f"a request left up to {lag:.2f} s late; the measured latencies are those of a lighter load "
+            "(run the client on a less busy machine, or lower the rate)")
 
 
 def _stats(series: pd.Series, prefix: str) -> dict[str, float | None]:
@@ -424,6 +469,8 @@ def main(args: argparse.Namespace) -> int:
     result.write(args.output_dir)
     if monitor is not None:
         monitor.close()
+    if result.summary.get("behind_schedule"):
+        print(f"warning: {result.summary['behind_schedule']}", file=sys.stderr)
     if args.json:
         print(to_json(result.summary))
     else:

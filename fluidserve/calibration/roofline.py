@@ -8,21 +8,31 @@ For a model on ``tp`` GPUs (each GPU holds 1/tp of the weights and of the KV hea
     d1_prefill_s = 2 * stack_params / tp / (peak_flops * eff.compute) + all_reduce_per_token_s
     d1_decode_s  = eff.decode_compute_exposed * 2 * (stack_params + lm_head_params) / tp
                    / (peak_flops * eff.compute) + all_reduce_per_token_s
-    d2_kv_s      = kv_bytes_per_token(per GPU) / (bandwidth * eff.memory)
+    d2_kv_s      = kv_bytes_per_token(per GPU) / (bandwidth * (eff.kv_memory or eff.memory))
+    d3_prefill_attn_s = 2 * layers * heads * head_dim / tp / (peak_flops * eff.compute)
+    moe_expert_s = layers * expert_params * dtype_bytes / tp / (bandwidth * eff.memory)  (MoE only)
 
 * ``streamed_weight_bytes``: every weight a decode step reads, i.e. all parameters except the
   input embedding table, of which a step reads only its tokens' rows (a tied table is read
   whole, as the LM head).
 * ``stack_params = layers * layer_params`` (the decoder layers, no embeddings or LM head).
-* A prompt token costs 2 FLOPs per layer parameter (one multiply-add); causal attention over
-  the prompt (quadratic in its length) is left out of the linear model.
+* A prompt token costs 2 FLOPs per (active) layer parameter (one multiply-add). Prefill
+  attention costs 4 FLOPs per head dimension per query x key pair (QK^T and PV); a causal chunk
+  of ``c`` tokens after ``k`` cached ones has about ``c*k + c^2/2`` pairs, i.e. 2 FLOPs per head
+  dimension per unit of the step's ``prefill_attention_tokens = c * (k + c)``.
+* MoE: the streamed weights exclude the routed experts; ``moe_expert_s`` streams one expert's
+  weights in all layers, for each of the ``E (1 - (1 - k/E)^n)`` distinct experts a batch of
+  ``n`` tokens activates (``BatchTimeModel.expected_experts``). Compute uses the active
+  parameters (``specs.param_count(active_only=True)``).
 * A decode token costs 2 FLOPs per layer and LM-head parameter, but below the ridge point those
   GEMMs run while the weights stream in; ``decode_compute_exposed`` is the part of that compute
   time that is not hidden (a small-M GEMM overlaps its tile loads and MMAs only partly).
 * Tensor parallelism: two all-reduces per layer (after attention and after the MLP) of
   ``tokens * hidden * dtype_bytes`` bytes each; a ring all-reduce moves ``2 (tp-1)/tp`` of the
   message over each GPU's link: ``all_reduce_per_token_s = 2 * layers * 2 (tp-1)/tp * hidden *
-  dtype_bytes / (interconnect_Bps * eff.interconnect)``, plus a fixed latency per all-reduce in d0.
+  dtype_bytes / (interconnect_Bps * eff.interconnect)``, plus a fixed latency per all-reduce in d0
+  and ``tp_step_overhead_s`` per step (broadcasting the scheduler output to the workers, waiting
+  for the slowest GPU).
 
 Efficiency defaults (:class:`Efficiency`) and where they come from:
 
@@ -31,6 +41,8 @@ Efficiency defaults (:class:`Efficiency`) and where they come from:
   open-source-ai.tech's glossary); on this project's H100 profile
   (``calibration/data/h100_llama31_8b_profile.csv``) the decode-only fit's d2_kv_s implies about 0.78 of
   3.35 TB/s for KV reads.
+* ``kv_memory = None`` (same as ``memory``): the bandwidth fraction that decode attention's
+  paged KV reads reach, which can differ from streaming the weights (many small blocks).
 * ``compute = 0.60``: prefill GEMM model-FLOPs utilisation; the H100 profile's 4096-token
   prefill runs at about 52% of 989 TFLOP/s including attention
   (:func:`step_flops_and_bytes`).
@@ -78,15 +90,17 @@ class Efficiency:
     step_overhead_s: float = 1e-4
     layer_overhead_s: float = 25e-6
     all_reduce_latency_s: float = 10e-6
+    tp_step_overhead_s: float = 0.0
+    kv_memory: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("memory", "compute", "interconnect"):
+        for name in ("memory", "compute", "interconnect") + (("kv_memory",) if self.kv_memory is not None else ()):
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise InputError(f"efficiency.{name} must be in (0, 1], got {value!r}")
         if not 0 <= self.decode_compute_exposed <= 1:
             raise InputError(f"efficiency.decode_compute_exposed must be in [0, 1], got {self.decode_compute_exposed!r}")
-        for name in ("step_overhead_s", "layer_overhead_s", "all_reduce_latency_s"):
+        for name in ("step_overhead_s", "layer_overhead_s", "all_reduce_latency_s", "tp_step_overhead_s"):
             if getattr(self, name) < 0:
                 raise InputError(f"efficiency.{name} must be >= 0, got {getattr(self, name)!r}")
 
@@ -138,20 +152,29 @@ def predict(
     bandwidth = g.mem_bandwidth_Bps * eff.memory
     flops_rate = g.peak_flops * eff.compute
     weights_gpu = streamed_weight_bytes(m, dtype_bytes) / tp
-    stack = m.layers * specs.layer_params(m)
+    stack = m.layers * specs.layer_params(m, active_only=True)
     prefill_flops = 2.0 * stack / tp
     decode_flops = 2.0 * (stack + specs.lm_head_params(m)) / tp
     if tp > 1:
         ring = 2.0 * (tp - 1) / tp
         ar_token_s = 2 * m.layers * ring * m.hidden * dtype_bytes / (g.interconnect_Bps * eff.interconnect)
-        ar_fixed_s = 2 * m.layers * eff.all_reduce_latency_s
+        ar_fixed_s = 2 * m.layers * eff.all_reduce_latency_s + eff.tp_step_overhead_s
     else:
         ar_token_s = ar_fixed_s = 0.0
+    moe = {}
+    if m.is_moe:
+        # every step reads the shared weights; each routed expert's weights only when a token picks it
+        expert_bytes_gpu = m.layers * specs.expert_params(m) * dtype_bytes / tp
+        weights_gpu -= m.num_experts * expert_bytes_gpu
+        moe = {"moe_expert_s": expert_bytes_gpu / bandwidth, "moe_num_experts": m.num_experts,
+               "moe_top_k": m.experts_per_token}
     model_bt = BatchTimeModel(
         d0_s=weights_gpu / bandwidth + eff.step_overhead_s + m.layers * eff.layer_overhead_s + ar_fixed_s,
         d1_prefill_s=prefill_flops / flops_rate + ar_token_s,
         d1_decode_s=eff.decode_compute_exposed * decode_flops / flops_rate + ar_token_s,
-        d2_kv_s=kv_per_gpu / bandwidth,
+        d2_kv_s=kv_per_gpu / (g.mem_bandwidth_Bps * (eff.kv_memory or eff.memory)),
+        d3_prefill_attn_s=2.0 * m.layers * m.heads * m.head_dim / tp / flops_rate,
+        **moe,
     )
     try:
         m_total = specs.derive_m_total(g, m, gpu_memory_utilization, tp, dtype_bytes=dtype_bytes)

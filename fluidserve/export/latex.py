@@ -31,9 +31,37 @@ TEX_SYSTEM = "pdflatex"
 PGF_PREAMBLE = "\n".join([r"\usepackage[T1]{fontenc}", r"\usepackage{lmodern}", r"\usepackage{amsmath}"])
 
 
+#: LaTeX packages the PGF export and the documents including it need (``\usepackage``).
+TEX_PACKAGES = ("fontenc", "lmodern", "amsmath", "pgf", "booktabs")
+#: the Debian/Ubuntu packages that hold them.
+TEX_DEBIAN = "texlive-latex-base texlive-latex-recommended texlive-fonts-recommended texlive-pictures"
+_MISSING_FILE = re.compile(r"File [`']([^`']+?)(?:\.sty)?' not found")
+
+
 def tex_available() -> bool:
     """Whether the TeX binary the PGF backend uses is on PATH."""
     return shutil.which(TEX_SYSTEM) is not None
+
+
+def missing_tex_packages() -> list[str]:
+    """Of :data:`TEX_PACKAGES`, those ``kpsewhich`` cannot find ([] when kpsewhich is absent:
+    then a missing package shows up only when PGF export runs, see :func:`export_figure`)."""
+    import subprocess
+
+    if shutil.which("kpsewhich") is None:
+        return []
+    missing = []
+    for name in TEX_PACKAGES:
+        proc = subprocess.run(["kpsewhich", f"{name}.sty"], capture_output=True, text=True)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            missing.append(name)
+    return missing
+
+
+def missing_package_in(message: str) -> str | None:
+    """The package named by a ``LaTeX Error: File `X.sty' not found`` in TeX's output, if any."""
+    m = _MISSING_FILE.search(message)
+    return m.group(1) if m else None
 
 
 def latex_rc() -> dict:
@@ -158,7 +186,7 @@ def export_figure(fig, stem: str | Path, widths: Iterable[str | float] = ("colum
     if "pgf" in formats and not tex_available():
         raise MissingDependencyError(
             f"PGF export needs {TEX_SYSTEM} (matplotlib measures text with TeX): install TeX, e.g. Debian's "
-            "texlive-latex-base texlive-latex-recommended texlive-fonts-recommended, or export formats=('pdf',)"
+            f"{TEX_DEBIAN}, or export formats=('pdf',)"
         )
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -177,8 +205,19 @@ def export_figure(fig, stem: str | Path, widths: Iterable[str | float] = ("colum
             for fmt in formats:
                 path = stem.parent / f"{stem.name}_{tag}.{fmt}"
                 if fmt == "pgf":
-                    with _tex_safe_text(fig):
-                        fig.savefig(path, backend="pgf")
+                    from matplotlib.backends.backend_pgf import LatexError
+
+                    try:
+                        with _tex_safe_text(fig):
+                            fig.savefig(path, backend="pgf")
+                    except (LatexError, RuntimeError, OSError) as exc:
+                        path.unlink(missing_ok=True)
+                        package = missing_package_in(str(exc))
+                        what = f"the LaTeX package '{package}' is not installed" if package else \
+                            f"{TEX_SYSTEM} failed ({' '.join(str(exc).split())[:200]})"
+                        raise MissingDependencyError(
+                            f"PGF export: {what}; install {TEX_DEBIAN} (it needs {', '.join(TEX_PACKAGES)})"
+                        ) from None
                     _self_contained_pgf(path)
                 else:
                     fig.savefig(path, format=fmt, dpi=200)

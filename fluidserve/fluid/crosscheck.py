@@ -13,6 +13,7 @@ Writes ``crosscheck.csv`` (one row per scenario and n), ``convergence.png``,
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -94,7 +95,7 @@ def solve_reference(cfg, reference, backend: str | None = None):
     from fluidserve.fluid.scaling import rate_profile
     from fluidserve.fluid.solve import solve_params
 
-    backend = backend or cfg.fluid.backend
+    backend = backend or cfg.fluid.backend  # the config's backend when --backend is not given
     if backend in ("stepclock", "stepclock_jax"):
         from fluidserve.fluid.stepclock_solve import solve_stepclock
 
@@ -169,6 +170,8 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--scales must be comma-separated integers, got {args.scales!r}") from None
     if not scales or min(scales) < 1:
         raise InputError(f"--scales must be integers >= 1, got {args.scales!r}")
+    if not (math.isfinite(args.dt_out) and args.dt_out > 0):
+        raise InputError(f"--dt-out must be a number of seconds > 0, got {args.dt_out}")
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for name in names:
         if name not in SCENARIOS:

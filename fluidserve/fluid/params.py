@@ -97,9 +97,9 @@ def check_supported_ode(cfg) -> None:
         )
     if cfg.policy.queue_policy != "FCFS":
         raise UnsupportedError(f"fluid model: policy.queue_policy={cfg.policy.queue_policy} is not modeled (FCFS only)")
-    if cfg.cluster.replicas > 1 and cfg.cluster.router == "least_loaded":
+    if cfg.cluster.replicas > 1 and cfg.cluster.router not in ("round_robin", "weighted"):
         raise UnsupportedError(
-            "fluid model: cluster.router=least_loaded is not modeled (only rate splits: round_robin, weighted)"
+            f"fluid model: cluster.router={cfg.cluster.router} is not modeled (only rate splits: round_robin, weighted)"
         )
 
 

@@ -238,6 +238,11 @@ def solve(cfg, workload, backend: str | None = None, batch_time=None) -> "FluidR
     With several replicas (round_robin or weighted routers) each replica gets its share of the
     arrival rate and the series are summed (step_time_s is the replicas' mean).
     """
+    from fluidserve import guards
+
+    window_s = float(np.max(workload.arrival_time_s)) if len(workload) else 0.0
+    guards.check_fluid_sizes(cfg.fluid, window_s)
+    guards.check_fluid_window(cfg.fluid, window_s)
     backend = backend or cfg.fluid.backend
     if backend in ("stepclock", "stepclock_jax"):
         from fluidserve.fluid.stepclock_solve import solve_stepclock

@@ -28,6 +28,7 @@ import argparse
 import difflib
 import json
 import shutil
+import sys
 import tarfile
 import time
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ class Experiment:
             return {}
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: not valid JSON ({exc})") from None
         return data if isinstance(data, dict) else {}
 
@@ -87,7 +88,7 @@ class Experiment:
             return {}
         try:
             data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeDecodeError):
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -174,15 +175,39 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def experiment_status(exp: Experiment) -> tuple[str, dict[str, Any]]:
+    """(status, summary): ``complete``, ``incomplete`` (the run stopped before its end: no
+    summary.json, or one whose ``status`` is not ``complete``) or ``corrupt: <why>``.
+
+    A summary.json without a ``status`` field predates the field and counts as complete.
+    """
+    try:
+        s = exp.summary()
+    except InputError as exc:
+        return f"corrupt: {' '.join(str(exc).split())}", {}
+    if not s:
+        return "incomplete", {}
+    return str(s.get("status", "complete")), s
+
+
 def list_experiments(output_dir: str | Path, include_archive: bool = False) -> list[dict[str, Any]]:
-    """One dict per experiment: name, date, config, requests, throughput_rps, total_delay_p95_s."""
+    """One dict per experiment: name, date, config, status, requests, throughput_rps, total_delay_p95_s.
+
+    An experiment whose summary.json cannot be read is listed with ``status`` ``corrupt: ...``
+    (the others are still listed).
+    """
     rows = []
     for e in discover(output_dir, include_archive):
-        s = e.summary()
+        status, s = experiment_status(e)
+        try:
+            config = e.config_name()
+        except InputError:
+            config = e.path.name
         rows.append({
             "name": e.name,
             "date": datetime.fromtimestamp(e.started).strftime("%Y-%m-%d %H:%M:%S"),
-            "config": e.config_name(),
+            "config": config,
+            "status": status,
             "requests": s.get("arrived"),
             "throughput_rps": s.get("throughput_rps"),
             "total_delay_p95_s": s.get("total_delay_p95"),
@@ -302,9 +327,13 @@ def main(args: argparse.Namespace) -> int:
             print(f"no experiments under {out_dir}")
         else:
             headers = ["name", "date", "config", "requests", "throughput (req/s)", "p95 delay (s)"]
-            table = [[r["name"] + (" [archived]" if r["archived"] else ""), r["date"], r["config"],
+            table = [[r["name"] + (" [archived]" if r["archived"] else "")
+                      + ("" if r["status"] == "complete" else f" [{r['status'].split(':')[0]}]"), r["date"], r["config"],
                       _fmt(r["requests"]), _fmt(r["throughput_rps"]), _fmt(r["total_delay_p95_s"])] for r in rows]
             print(_table(headers, table))
+            for r in rows:
+                if r["status"].startswith("corrupt"):
+                    print(f"warning: {r['name']}: {r['status']}", file=sys.stderr)
     elif args.action == "show":
         exp = resolve(out_dir, args.name)
         summary = exp.summary()

@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 
 from fluidserve.errors import InputError
+from fluidserve.jsonout import to_json
 from fluidserve.outputs.metrics import format_summary, summarize
 from fluidserve.sim.result import (
     EVENT_COLUMNS,
@@ -131,13 +132,16 @@ def _table(result: SimResult, attr: str, columns: list[str]) -> pd.DataFrame:
     return df.reindex(columns=list(columns) + extra)
 
 
-def write_result(result: SimResult, exp_dir: str | Path, config: Any = None) -> dict[str, Any]:
+def write_result(result: SimResult, exp_dir: str | Path, config: Any = None,
+                 status: str = "complete") -> dict[str, Any]:
     """Write all tables, ``config.yaml``, ``summary.json`` and ``summary.txt`` into ``exp_dir``.
 
     Args:
         result: the simulator's output.
         exp_dir: an existing directory (see :func:`make_experiment_dir`).
         config: a :class:`fluidserve.config.Config` (or a plain dict) to store as config.yaml.
+        status: written as summary.json's ``status``; the main job writes ``incomplete`` here and
+            ``complete`` when its last stage is done, so a stopped run is listed as incomplete.
 
     Returns:
         The summary dict written to summary.json.
@@ -154,7 +158,8 @@ def write_result(result: SimResult, exp_dir: str | Path, config: Any = None) -> 
     summary = summarize(result)
     if name is not None:
         summary["config_name"] = name
-    write_text_atomic(exp_dir / "summary.json", json.dumps(summary, indent=2))
+    summary["status"] = status
+    write_text_atomic(exp_dir / "summary.json", to_json(summary, indent=2))
     title = f"experiment {exp_dir.name}" + (f" (config '{name}')" if name else "")
     write_text_atomic(exp_dir / "summary.txt", format_summary(summary, title))
     return summary

@@ -139,7 +139,7 @@ def main(args: argparse.Namespace) -> int:
     if val is not None:
         for key in ("energy_per_token_j", "baseline_energy_per_token_j", "energy_saving", "slo_attainment", "slos_met",
                     "saving_vs_best_single_clock", "lp_predicted_energy_per_token_j", "lp_vs_sim_energy_error",
-                    "lp_vs_sim_latency_error"):
+                    "lp_vs_sim_latency_error", "band"):
             payload[key] = val[key]
     else:
         payload["lp_predicted_energy_per_token_j"] = sol.energy_per_token_j

@@ -79,7 +79,7 @@ def tandem_steady_state(
     spec = cfg.pools[j]
     bt = pool.batch_time
     f = pool.clocks_mhz[-1]
-    en = pool.freq.energy_model(bt, f)
+    en = pool.energy_model(f)
     laws = [c.law for c in cfg.classes]
     lam = np.array([c.rate for c in cfg.classes]) * scale
     pmean = np.array([law.mean_prefill_tokens for law in laws])

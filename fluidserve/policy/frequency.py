@@ -22,23 +22,26 @@ returns those energy coefficients as a :class:`~fluidserve.batch_time.BatchTimeM
 "seconds" are joules (so the step formula still lives in one place). An idle replica draws
 ``idle_w``.
 
-Sources of the defaults (override them with measured values; nothing here changes clocks):
+Sources of the parameters (nothing here changes clocks):
 
-* TDP and maximum SM clock: NVIDIA H100 SXM5 datasheet (700 W, 1980 MHz), A100 SXM4 datasheet
-  (400 W, 1410 MHz), H200 SXM datasheet (700 W, 1980 MHz).
-* ``memory_activity = 0.35``: B. Ma, A. Afzal, J. Eitzinger, G. Wellein, "The Illusion of Power
-  Capping in LLM Decode" (arXiv:2605.11999, 2026) measure memory-bound decode drawing only
-  137-300 W on a 700 W H200 at default clocks, i.e. at most (300 - 90) / (700 - 90) = 0.34 of the
-  dynamic range.
-* ``exponent = 1.5``: dynamic power ~ f V^2 lies between linear (fixed voltage) and cubic
-  (V ~ f); 1.5 reproduces the published decode results: Ma et al. recover "up to 32% of decode
-  energy at minimal throughput loss" with locked SM clocks, and P. J. Maliakel, S. Ilager,
-  I. Brandic, "Characterizing LLM Inference Energy-Performance Tradeoffs across Workloads and GPU
-  Scaling" (arXiv:2501.08219) find decode "largely insensitive to GPU frequency" with 42% energy
-  savings for a 1-6% latency increase. With these defaults a memory-bound H100 decode step
-  (batch 32, context 1000) at 1200 MHz is 12% slower and uses 28% less energy than at 1980 MHz.
-* ``idle_w``: typical draw of an SXM board that holds a CUDA context and no work (H100/H200 90 W,
-  A100 60 W); ``fluidserve calibrate`` measures it on the user's machine.
+* TDP and maximum SM clock: NVIDIA datasheets (H100 SXM5 and H200 SXM 700 W / 1980 MHz, A100 SXM4
+  400 W / 1410 MHz, L40S 350 W / 2520 MHz).
+* ``exponent``, ``memory_activity`` and the compute share of ``d0_s`` per GPU family: fitted to
+  the published frequency sweeps in ``fluidserve/data/dvfs_published.csv`` by
+  :mod:`fluidserve.policy.dvfs_fit`; :meth:`FrequencyModel.preset` applies the fit of the GPU's
+  family. Hopper (H100, H200): exponent 0.47, memory_activity 0.22, d0 compute share 0.018
+  (reproduces H100 LLaMA generation at 1035 vs 1770 MHz: -11.6% energy, +1.3% time, and H200
+  decode drawing 137-300 W). Ampere (A100; L40S uses it as a stand-in, no published Ada sweep
+  was found): fitted the same way to the A100 point. The roofline shares of the per-token
+  coefficients stay: ``d1_prefill``/``d1_decode`` are GEMM FLOPs (s = 1), ``d2_kv`` KV reads (s = 0).
+  ``DEFAULT_*`` below are the values a FrequencyModel built without a preset uses (kept for
+  hand-written power models; not used by the presets).
+* ``idle_w``: H100/H200 our measurement (72.3 W / 77.5 W with no work,
+  ``calibration/data/*_power_overhead.json``); A100 60 W and L40S 35 W assumed (not measured).
+
+With a measured :class:`~fluidserve.energy.StepEnergyModel` (the H100/H200 presets), the energy
+at the default clock is the measurement and this model only scales it for a clock change
+(:meth:`FrequencyModel.energy_model`).
 
 Measured tables override the formulas: ``power_table`` rows (clock_mhz, compute_w, memory_w)
 give busy power of compute- and memory-bound work at locked clocks (linear interpolation
@@ -48,21 +51,25 @@ between rows), ``batch_time_table`` maps a clock to a fitted BatchTimeModel.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
 from fluidserve.batch_time import BatchTimeModel
 from fluidserve.errors import InputError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from fluidserve.energy import StepEnergyModel
+
 COEFFICIENTS = ("d0_s", "d1_prefill_s", "d1_decode_s", "d2_kv_s")
 ROOFLINE_COMPUTE_SHARE: dict[str, float] = {"d0_s": 0.1, "d1_prefill_s": 1.0, "d1_decode_s": 1.0, "d2_kv_s": 0.0}
 
 # name -> (f_max_mhz, idle_w, peak_w): see the module docstring for sources
 GPU_POWER_PRESETS: dict[str, tuple[float, float, float]] = {
-    "H100-SXM": (1980.0, 90.0, 700.0),
-    "H200": (1980.0, 90.0, 700.0),
+    "H100-SXM": (1980.0, 72.3, 700.0),
+    "H200": (1980.0, 77.5, 700.0),
     "A100-SXM": (1410.0, 60.0, 400.0),
+    "L40S": (2520.0, 35.0, 350.0),
 }
 DEFAULT_MEMORY_ACTIVITY = 0.35
 DEFAULT_EXPONENT = 1.5
@@ -121,11 +128,15 @@ class FrequencyModel:
 
     @classmethod
     def preset(cls, gpu: str, **overrides) -> "FrequencyModel":
-        """Defaults for a GPU name in :data:`GPU_POWER_PRESETS`, with field overrides."""
+        """Datasheet values of a GPU in :data:`GPU_POWER_PRESETS`, its family's fitted DVFS parameters, then overrides."""
         if gpu not in GPU_POWER_PRESETS:
             raise InputError(f"unknown GPU power preset '{gpu}'; choose one of {', '.join(GPU_POWER_PRESETS)}")
+        from fluidserve.policy.dvfs_fit import GPU_FAMILY, fit_family
+
         f_max, idle, peak = GPU_POWER_PRESETS[gpu]
         kw = {"f_max_mhz": f_max, "idle_w": idle, "peak_w": peak}
+        if gpu in GPU_FAMILY:  # the family's DVFS parameters fitted to published sweeps
+            kw.update(fit_family(GPU_FAMILY[gpu]).frequency_overrides())
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 
@@ -175,18 +186,40 @@ class FrequencyModel:
         dyn = (self.peak_w - self.idle_w) * (f / self.f_max_mhz) ** self.exponent
         return self.idle_w + dyn, self.idle_w + self.memory_activity * dyn
 
-    def energy_model(self, bt: BatchTimeModel, f_mhz: float) -> BatchTimeModel:
+    def energy_model(self, bt: BatchTimeModel, f_mhz: float, step_energy: "StepEnergyModel | None" = None) -> BatchTimeModel:
         """Energy of a step at clock ``f_mhz`` as a linear model in the step's tokens.
 
         Returned as a BatchTimeModel whose coefficients are joules (J per step, J per prefill
         token, J per decoding sequence, J per KV token read): ``.step_time(...)`` is the step's
         energy [J] and ``.work_per_request(P, D)`` the per-token energy of a request [J].
+
+        With a measured ``step_energy`` (:class:`fluidserve.energy.StepEnergyModel`, measured at
+        the default clock ``f_max_mhz``) the measured coefficients are used and the power model
+        above supplies only the clock response: each coefficient is multiplied by the formula's
+        ratio ``E_k(f) / E_k(f_max)`` (1 at ``f_max_mhz``, so the default clock is pure measurement).
         """
         comp, mem = self._parts(bt, f_mhz)
         pc, pm = self.busy_power_w(f_mhz)
-        return BatchTimeModel(**{k: pc * comp[k] + pm * mem[k] for k in COEFFICIENTS})
+        formula = {k: pc * comp[k] + pm * mem[k] for k in COEFFICIENTS}
+        if step_energy is None:
+            return BatchTimeModel(**formula)
+        measured = step_energy.token_model(bt)
+        comp0, mem0 = self._parts(bt, self.f_max_mhz)
+        pc0, pm0 = self.busy_power_w(self.f_max_mhz)
+        out = {}
+        for k in COEFFICIENTS:
+            ref = pc0 * comp0[k] + pm0 * mem0[k]
+            out[k] = getattr(measured, k) * (formula[k] / ref if ref > 0 else 1.0)
+        return BatchTimeModel(**out)
 
-    def step_power_w(self, bt: BatchTimeModel, f_mhz: float, prefill_tokens, decode_tokens, kv_tokens) -> float:
+    def idle_power_w(self, step_energy: "StepEnergyModel | None" = None) -> float:
+        """Power of a replica with no step running [W]: measured if ``step_energy`` has it."""
+        if step_energy is not None and step_energy.idle_w is not None:
+            return float(step_energy.idle_w)
+        return self.idle_w
+
+    def step_power_w(self, bt: BatchTimeModel, f_mhz: float, prefill_tokens, decode_tokens, kv_tokens,
+                     step_energy: "StepEnergyModel | None" = None) -> float:
         """Mean power during one step [W] (energy / duration)."""
-        e = self.energy_model(bt, f_mhz).step_time(prefill_tokens, decode_tokens, kv_tokens)
+        e = self.energy_model(bt, f_mhz, step_energy).step_time(prefill_tokens, decode_tokens, kv_tokens)
         return e / self.batch_time(bt, f_mhz).step_time(prefill_tokens, decode_tokens, kv_tokens)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fluidserve.batch_time import BatchTimeModel
 from fluidserve.config import BatchTimeConfig, PolicyConfig, SystemConfig, format_validation_error
+from fluidserve.energy import StepEnergyModel
 from fluidserve.errors import InputError
 from fluidserve.policy.frequency import GPU_POWER_PRESETS, FrequencyModel
 from fluidserve.policy.steady import LengthLaw
@@ -51,6 +52,46 @@ class PowerSpec(_Strict):
         return self
 
 
+class StepEnergySpec(_Strict):
+    """Measured step energy at the default clock: a preset file from ``calibrate fit`` and/or values."""
+
+    preset: str | None = Field(None, description="YAML file with an 'energy' section ('fluidserve calibrate fit --out')")
+    p_base_w: float | None = Field(None, gt=0, description="power over a whole step, W")
+    e_prefill_j: float | None = Field(None, description="extra energy per prompt token, J")
+    e_decode_j: float | None = Field(None, description="extra energy per decoding sequence, J")
+    e_kv_j: float | None = Field(None, description="extra energy per KV token read, J")
+    idle_w: float | None = Field(None, ge=0, description="power with no step running, W")
+    power_scale: float | None = Field(
+        None, gt=0, description="assume another GPU: the preset's powers times this (e.g. the TDP ratio), "
+        "per-token energies over this pool's step times (StepEnergyModel.transferred)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "StepEnergySpec":
+        if self.preset is None and None in (self.p_base_w, self.e_prefill_j, self.e_decode_j):
+            raise ValueError("give energy.preset or energy.p_base_w, e_prefill_j and e_decode_j")
+        if self.power_scale is not None and self.preset is None:
+            raise ValueError("energy.power_scale needs energy.preset (the measured model it scales)")
+        return self
+
+    def model(self, base_dir: Path | None = None, batch_time: BatchTimeModel | None = None) -> StepEnergyModel:
+        base: dict = {}
+        if self.preset is not None:
+            path = Path(self.preset)
+            if not path.is_absolute() and base_dir is not None and not path.exists():
+                path = base_dir / path
+            measured = StepEnergyModel.from_yaml(path)
+            if self.power_scale is not None:
+                if batch_time is None:
+                    raise InputError("energy.power_scale needs the pool's batch-time model")
+                measured = measured.transferred(BatchTimeModel.from_yaml(path), batch_time, self.power_scale)
+            base = measured.to_dict()
+        for k in ("p_base_w", "e_prefill_j", "e_decode_j", "e_kv_j", "idle_w"):
+            if getattr(self, k) is not None:
+                base[k] = getattr(self, k)
+        return StepEnergyModel.from_mapping(base)
+
+
 class PoolSpec(_Strict):
     name: str = Field(..., min_length=1)
     count: int = Field(..., ge=1, description="GPUs (replicas) in the pool")
@@ -59,6 +100,9 @@ class PoolSpec(_Strict):
     system: SystemConfig
     batch_time: BatchTimeConfig = Field(..., description="step-time coefficients at the highest clock")
     power: PowerSpec
+    energy: StepEnergySpec | None = Field(
+        None, description="measured step energy at the default clock (the power model then gives only the clock response)"
+    )
     batch_time_by_clock: dict[float, BatchTimeConfig] | None = Field(
         None, description="measured coefficients at locked clocks (override the clock scaling)"
     )
@@ -94,6 +138,9 @@ class PoolSpec(_Strict):
 
     def batch_time_model(self, base_dir: Path | None = None) -> BatchTimeModel:
         return self.batch_time.model(base_dir)
+
+    def step_energy_model(self, base_dir: Path | None = None) -> StepEnergyModel | None:
+        return None if self.energy is None else self.energy.model(base_dir, self.batch_time_model(base_dir))
 
     @property
     def f_max_clock(self) -> float:
@@ -152,9 +199,14 @@ class ValidationSpec(_Strict):
     warmup_fraction: float = Field(0.15, ge=0, lt=0.9, description="leading share of the arrival span not measured")
     slo_target: float = Field(0.9, gt=0, le=1, description="a class meets its SLOs when this share of requests does")
     within_pool_router: Literal["least_loaded", "round_robin"] = "least_loaded"
+    lp_split: Literal["random", "smooth_round_robin"] = Field(
+        "random", description="how the replay splits a class over its sub-pools: random (Poisson thinning, the LP's "
+        "model) or smooth weighted round robin (deterministic; lower TTFT than the model)"
+    )
     baselines: list[Literal["round_robin", "least_loaded", "best_single_clock"]] = Field(
         default_factory=lambda: ["round_robin", "least_loaded", "best_single_clock"]
     )
+    band_samples: int = Field(40, ge=0, description="re-pricings for the uncertainty band (0: no band)")
     load_factors: list[float] = Field(
         default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.25, 1.5], description="traffic scales of the energy-vs-load figure"
     )

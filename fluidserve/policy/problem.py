@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from fluidserve.batch_time import BatchTimeModel
+from fluidserve.energy import StepEnergyModel
 from fluidserve.policy.frequency import FrequencyModel
 from fluidserve.policy.lp_config import LpConfig
 from fluidserve.policy.steady import LengthLaw, kv_token_steps
@@ -119,6 +120,16 @@ class PoolModel:
     max_num_seqs: int
     block_size: int
     chunked_prefill: bool = False
+    step_energy: StepEnergyModel | None = None  # measured at the default clock (None: power model only)
+
+    def energy_model(self, f_mhz: float) -> BatchTimeModel:
+        """Step energy at clock ``f_mhz`` as linear coefficients [J] (see FrequencyModel.energy_model)."""
+        return self.freq.energy_model(self.batch_time, f_mhz, self.step_energy)
+
+    @property
+    def idle_w(self) -> float:
+        """Power of a replica with no step running [W]."""
+        return self.freq.idle_power_w(self.step_energy)
 
 
 def pool_models(cfg: LpConfig) -> list[PoolModel]:
@@ -128,7 +139,7 @@ def pool_models(cfg: LpConfig) -> list[PoolModel]:
             name=p.name, count=p.count, cost_per_hour=p.cost_per_hour, clocks_mhz=tuple(p.clocks_mhz),
             batch_time=p.batch_time_model(base), freq=p.frequency_model(base), M_total=p.system.M_total,
             B=p.system.B, max_num_seqs=p.system.max_num_seqs, block_size=p.system.block_size,
-            chunked_prefill=p.system.chunked_prefill,
+            chunked_prefill=p.system.chunked_prefill, step_energy=p.step_energy_model(base),
         )
         for p in cfg.pools
     ]
@@ -189,7 +200,7 @@ def build_problem(cfg: LpConfig, pools: list[PoolModel] | None = None, max_clock
         clocks = pool.clocks_mhz[-1:] if max_clock_only else pool.clocks_mhz
         for f in clocks:
             bt = pool.freq.batch_time(pool.batch_time, f)
-            en = pool.freq.energy_model(pool.batch_time, f)
+            en = pool.energy_model(f)
             coef = np.array([bt.d1_prefill_s, bt.d1_decode_s, bt.d2_kv_s])
             ecoef = np.array([en.d1_prefill_s, en.d1_decode_s, en.d2_kv_s])
             base_w = en.d0_s / bt.d0_s
@@ -257,7 +268,7 @@ def build_problem(cfg: LpConfig, pools: list[PoolModel] | None = None, max_clock
         pool_names=[p.name for p in pools],
         pool_count=np.array([p.count for p in pools], dtype=float),
         pool_cost_per_hour=np.array([p.cost_per_hour for p in pools], dtype=float),
-        pool_idle_w=np.array([p.freq.idle_w for p in pools], dtype=float),
+        pool_idle_w=np.array([p.idle_w for p in pools], dtype=float),
         pool_max_clock=np.array([p.clocks_mhz[-1] for p in pools], dtype=float),
         class_names=[c.name for c in classes],
         rate=rate, mean_prefill=pmean, mean_decode=dmean, ttft_s=ttft, tpot_s=tpot,

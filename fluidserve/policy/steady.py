@@ -135,3 +135,37 @@ def steady_state(
         kv_tokens=float(rates @ kv) * tau,
         prefill_tokens_per_step=float(rates @ pmean) * tau,
     )
+
+
+def mean_ttft_s(bt: BatchTimeModel, rates: np.ndarray, laws: list[LengthLaw], ss: SteadyState) -> np.ndarray:
+    """Mean TTFT per class [s] on one replica with Poisson arrivals, waiting behind other prompts.
+
+    A request arriving at a random time waits for the step in progress to end (residual ``R``),
+    is prefilled in the next step together with every prompt that arrived during the step in
+    progress, and gets its first token at the end of the step after that (its decode iteration 0,
+    which carries the prompts that arrived during the prefill step)::
+
+        TTFT_k  = R + T_pf_k + T_1
+        R       = E[T^2] / (2 E[T]) = tau / 2 + S2 / (2 (1 - rho_p^2))
+        T_pf_k  = tau (1 - rho_p) + d1_prefill E[P_k] + rho_p 2 R
+        T_1     = tau (1 - rho_p) + rho_p T_pf_k
+
+    ``X_j = d1_prefill P_j`` is a class-j prompt's prefill time, ``S2 = sum_j r_j E[X_j^2]`` and
+    ``rho_p = sum_j r_j E[X_j]`` the prefill share of the time; ``tau (1 - rho_p)`` is the rest of
+    a mean step. Step lengths vary with the prompts they carry: a step's prefill time given the
+    previous step's length T has mean ``rho_p T`` and variance ``T S2`` (compound Poisson), so
+    ``Var(T) = tau S2 / (1 - rho_p^2)``; an arrival lands in a length-biased step (mean length
+    ``2 R``). Budget overflow (prompts waiting more than one step for the token budget) is not
+    modelled. These are the ``vllm_v0`` scheduler's semantics (whole prompts, first token one step
+    after the prefill step); checked against that engine in ``tests/policy/test_steady.py``.
+    """
+    rates = np.asarray(rates, dtype=np.float64)
+    tau = ss.tau_s
+    d1p = bt.d1_prefill_s
+    x2 = np.array([law.expect(lambda p, d: (d1p * p) ** 2) for law in laws])
+    pmean = np.array([law.mean_prefill_tokens for law in laws])
+    rho_p = float(rates @ (d1p * pmean))
+    resid = tau / 2.0 + float(rates @ x2) / (2.0 * (1.0 - rho_p**2))
+    rest = tau * (1.0 - rho_p)
+    t_pf = rest + d1p * pmean + rho_p * 2.0 * resid
+    return resid + t_pf + rest + rho_p * t_pf

@@ -3,15 +3,19 @@
 Every GPU of every pool is one :class:`~fluidserve.sim.engine.ReplicaEngine` whose step time is
 the pool's batch-time model at the replica's clock. A router sends each request to a replica:
 
-* ``lp``: class k goes to sub-pool s with the LP's fractions x[k, s] / lambda_k (smooth weighted
-  round robin, deterministic), then to the least-loaded (or next, round robin) replica of s;
+* ``lp``: class k goes to sub-pool s with the LP's fractions x[k, s] / lambda_k (``validation.lp_split``:
+  ``random`` splitting keeps every sub-pool's arrivals Poisson, as the LP's fluid model assumes;
+  ``smooth_round_robin`` is deterministic and smoother), then to the least-loaded (or next, round
+  robin) replica of s;
   the LP's idle replicas receive nothing;
 * ``round_robin`` / ``least_loaded``: over all replicas, every GPU at its highest clock;
 * ``best_single_clock``: least loaded over all replicas, every pool at its i-th highest clock,
   for each i; the lowest simulated energy per token among those that meet the SLOs.
 
-Energy per replica integrates the step energy of :meth:`FrequencyModel.energy_model` over its
-steps (swap time at idle power) plus idle power over the time it does not step, in the
+Energy per replica integrates the step energy of :meth:`PoolModel.energy_model` over its steps
+(the pool's measured :class:`~fluidserve.energy.StepEnergyModel` at the default clock where it has
+one, scaled by the DVFS response only for a lower clock; swap time at idle power) plus idle power
+(measured where available) over the time it does not step, in the
 measurement window [warmup_fraction x last arrival, last arrival]. Energy per output token is that
 energy over the decode iterations (output tokens) executed in the window. SLO attainment is the
 share of requests arriving in the window whose TTFT and TPOT are within their class's SLOs
@@ -22,15 +26,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from fluidserve.config import Config, SimConfig
+from fluidserve.config import BatchTimeConfig, Config, SimConfig
 from fluidserve.errors import InputError
 from fluidserve.policy.lp import LpSolution
 from fluidserve.policy.lp_config import LpConfig
 from fluidserve.policy.problem import PoolModel, pool_models
-from fluidserve.policy.steady import steady_state
+from fluidserve.policy.steady import mean_ttft_s, steady_state
 from fluidserve.sim.routers import dispatch, make_router, route
 from fluidserve.sim.simulator import collect, make_engine
 from fluidserve.workload.arrivals import poisson_arrivals
@@ -122,8 +127,9 @@ def uniform_layout(pools: list[PoolModel], clock_index_from_top: int = 0) -> lis
 
 def _pool_config(cfg: LpConfig, j: int) -> Config:
     p = cfg.pools[j]
+    bt = BatchTimeConfig(**p.batch_time_model(Path(cfg.base_dir) if cfg.base_dir else None).to_dict())  # preset resolved
     return Config(
-        name=f"{cfg.name}-{p.name}", seed=cfg.seed, system=p.system, batch_time=p.batch_time, policy=cfg.policy,
+        name=f"{cfg.name}-{p.name}", seed=cfg.seed, system=p.system, batch_time=bt, policy=cfg.policy,
         sim=SimConfig(record_events=False, snapshot_every=1),
     )
 
@@ -177,12 +183,17 @@ def simulate_policy(
             weights.append(w / w.sum())
         current = [np.zeros(len(t)) for t in targets]
         inner = make_router(within)
+        split = cfg.validation.lp_split
+        rng = np.random.default_rng(cfg.seed + 17)
         for i in range(n):
             k = cls[i]
-            cur = current[k]
-            cur += weights[k]
-            t = int(np.argmax(cur))
-            cur[t] -= 1.0
+            if split == "random":  # Poisson thinning: each sub-pool sees Poisson arrivals (the LP's model)
+                t = int(rng.choice(len(weights[k]), p=weights[k])) if len(weights[k]) > 1 else 0
+            else:  # smooth weighted round robin: deterministic, smoother arrivals than Poisson
+                cur = current[k]
+                cur += weights[k]
+                t = int(np.argmax(cur))
+                cur[t] -= 1.0
             s = targets[k][t]
             best = route(inner, engines, arr[i], members[s])
             engines[best].submit(i, arr[i], P[i], D[i], 0)
@@ -195,18 +206,19 @@ def simulate_policy(
 
 def replica_energy(eng, pool: PoolModel, clock_mhz: float, t0: float, t1: float) -> tuple[float, int, float]:
     """(energy J, output tokens, busy s) of one engine over steps starting in [t0, t1)."""
+    idle_w = pool.idle_w
     frame = eng.snapshot_frame()
     if frame.empty:
-        return pool.freq.idle_w * (t1 - t0), 0, 0.0
+        return idle_w * (t1 - t0), 0, 0.0
     cols = ["time", "prefill_tokens", "decode_tokens", "kv_tokens", "batch_duration"]
     t, pre, dec, kv, dt = frame[cols].to_numpy(dtype=np.float64).T
     m = (t >= t0) & (t < t1)
     bt = pool.freq.batch_time(pool.batch_time, clock_mhz)
-    en = pool.freq.energy_model(pool.batch_time, clock_mhz)
+    en = pool.energy_model(clock_mhz)
     step_e = en.step_time(pre[m], dec[m], kv[m])
     swap_s = dt[m] - bt.step_time(pre[m], dec[m], kv[m])
     busy = float(dt[m].sum())
-    energy = float(step_e.sum() + pool.freq.idle_w * swap_s.sum() + pool.freq.idle_w * max(0.0, (t1 - t0) - busy))
+    energy = float(step_e.sum() + idle_w * swap_s.sum() + idle_w * max(0.0, (t1 - t0) - busy))
     return energy, int(dec[m].sum()), busy
 
 
@@ -291,12 +303,12 @@ def lp_predictions(sol: LpSolution, cfg: LpConfig, pools: list[PoolModel] | None
         rates = np.zeros(K)
         rates[pb.a_class[arcs]] = sol.x[arcs] / y
         bt = pool.freq.batch_time(pool.batch_time, f)
-        en = pool.freq.energy_model(pool.batch_time, f)
+        en = pool.energy_model(f)
         ss = steady_state(bt, rates, laws, pool.block_size)
         e_req = np.array([law.expect(en.work_per_request) for law in laws])
         p_rep = (1.0 - ss.rho) * en.d0_s / bt.d0_s + float(rates @ e_req)
         power += y * p_rep
-        ttft_k = pb.ttft_steps * ss.tau_s + bt.d1_prefill_s * pb.mean_prefill
+        ttft_k = mean_ttft_s(bt, rates, laws, ss)
         ttft_num += rates * y * ttft_k
         tpot_num += rates * y * ss.tau_s
         rows.append({
@@ -327,10 +339,13 @@ def validate(cfg: LpConfig, sol: LpSolution, num_requests: int | None = None, pr
     wl = class_workload(cfg, n, cfg.seed)
     within = cfg.validation.within_pool_router
 
+    replays: dict[str, tuple[list[Replica], list]] = {}  # kept for the uncertainty band
+
     def run(name, layout, router):
         if progress:
             progress(name)
         engines, res = simulate_policy(cfg, layout, wl, router, sol=sol, within=within, pools=pools)
+        replays[name] = (layout, engines)
         return measure(name, cfg, layout, engines, res, wl, pools)
 
     lp_out = run("lp", lp_layout(sol), "lp")
@@ -347,6 +362,7 @@ def validate(cfg: LpConfig, sol: LpSolution, num_requests: int | None = None, pr
             single[i] = run(f"single_clock_{i}", uniform_layout(pools, i), "least_loaded")
         ok = [o for o in single.values() if o.slos_met]
         best = min(ok or list(single.values())[:1], key=lambda o: o.energy_per_token_j)
+        replays["best_single_clock"] = replays[best.name]
         best.name = "best_single_clock"
         baselines["best_single_clock"] = best
     pred = lp_predictions(sol, cfg, pools)
@@ -357,7 +373,9 @@ def validate(cfg: LpConfig, sol: LpSolution, num_requests: int | None = None, pr
             "tpot": pred["mean_tpot_s"][c.name] / lp_out.mean_tpot_s[c.name] - 1.0,
             "ttft": pred["mean_ttft_s"][c.name] / lp_out.mean_ttft_s[c.name] - 1.0,
         }
+    band = uncertainty_band(cfg, sol, replays, wl, pools, progress) if cfg.validation.band_samples else None
     return {
+        "band": band,
         "energy_per_token_j": lp_out.energy_per_token_j,
         "baseline_energy_per_token_j": base_e,
         "energy_saving": 1.0 - lp_out.energy_per_token_j / base_e,
@@ -376,4 +394,49 @@ def validate(cfg: LpConfig, sol: LpSolution, num_requests: int | None = None, pr
         "baselines": {k: v.to_dict() for k, v in baselines.items()},
         "single_clock_runs": {str(i): o.to_dict() for i, o in single.items()},
         "prediction": pred,
+    }
+
+
+def _energy_per_token(cfg: LpConfig, replay, pools: list[PoolModel], t0: float, t1: float) -> float:
+    layout, engines = replay
+    e = tok = 0.0
+    for eng, rep in zip(engines, layout):
+        ej, tk, _ = replica_energy(eng, pools[rep.pool], rep.clock_mhz, t0, t1)
+        e += ej
+        tok += tk
+    return e / tok if tok else float("nan")
+
+
+def uncertainty_band(cfg: LpConfig, sol: LpSolution, replays: dict, wl: Workload, pools: list[PoolModel],
+                     progress=None) -> dict:
+    """2.5-97.5% bands of the headline numbers from the fitted parameters (see policy.band)."""
+    from fluidserve.policy.band import energy_variants, percentile_band, time_variants
+
+    t1 = float(wl.arrival_time_s[-1])
+    t0 = cfg.validation.warmup_fraction * t1
+    n = cfg.validation.band_samples
+    saving, vs_best, err = [], [], []
+    for variant in energy_variants(cfg, pools, n, cfg.seed):
+        e_lp = _energy_per_token(cfg, replays["lp"], variant, t0, t1)
+        saving.append(1.0 - e_lp / _energy_per_token(cfg, replays["round_robin"], variant, t0, t1))
+        if "best_single_clock" in replays:
+            vs_best.append(1.0 - e_lp / _energy_per_token(cfg, replays["best_single_clock"], variant, t0, t1))
+        err.append(lp_predictions(sol, cfg, variant)["energy_per_token_j"] / e_lp - 1.0)
+    att = {}
+    for end, variant in time_variants(cfg, pools).items():
+        if progress:
+            progress(f"lp ({end} step times)")
+        layout = lp_layout(sol)
+        engines, res = simulate_policy(cfg, layout, wl, "lp", sol=sol, within=cfg.validation.within_pool_router,
+                                       pools=variant)
+        att[end] = measure(f"lp_{end}", cfg, layout, engines, res, wl, variant).slo_attainment
+    return {
+        "energy_saving": percentile_band(saving),
+        "saving_vs_best_single_clock": percentile_band(vs_best) if vs_best else None,
+        "lp_vs_sim_energy_error": percentile_band(err),
+        "slo_attainment": sorted([att["pessimistic"], att["optimistic"]]),
+        "samples": n,
+        "varied": "energy: step-energy fit covariance and DVFS power parameters (exponent, memory_activity) per GPU "
+                  "family; slo_attainment: step-time coefficients at their 95% CI ends and the d0 compute share "
+                  "at its interval ends (replays of the same LP solution)",
     }

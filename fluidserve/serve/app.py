@@ -18,6 +18,10 @@ Safety: ``api_key`` (Bearer token) guards everything but /health and /metrics; b
 draining (shutdown) new requests get 503. Errors use OpenAI's error body. A client that
 disconnects stops its stream; its request still runs to completion inside the simulator (the
 engine has no abort), which is how its load is accounted for.
+
+Roles (``role``, fluidserve/serve/roles.py): ``single`` (the above), ``prefill`` (one token
+after the prefill step plus ``kv_transfer_params`` with the modeled KV transfer) and ``decode``
+(continues a request whose ``kv_transfer_params`` come from a prefill stand-in).
 """
 
 # no "from __future__ import annotations": FastAPI resolves the route annotations (Request) at
@@ -25,6 +29,7 @@ engine has no abort), which is how its load is accounted for.
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import numpy as np
@@ -65,6 +70,8 @@ class ServeState:
         api_key: str | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        role: str = "single",
+        kv_link_GBps: float = 25.0,
     ) -> None:
         from fluidserve.sim.simulator import make_engine
 
@@ -87,6 +94,12 @@ class ServeState:
         self._rng = np.random.default_rng(cfg.seed)
         self._decode_lengths: np.ndarray | None = None
         self.task: asyncio.Task | None = None
+        self.role = role  # single | prefill | decode (fluidserve/serve/roles.py)
+        self.prefill = None
+        if role == "prefill":
+            from fluidserve.serve.roles import PrefillDriver
+
+            self.prefill = PrefillDriver(cfg.batch_time_model(), cfg.system.B, cfg.system.kv_bytes_per_token, kv_link_GBps, self.clock)
 
     # ----------------------------------------------------------- admission
     def sample_decode_tokens(self) -> int:
@@ -202,7 +215,8 @@ def create_app(state: ServeState):
     @contextlib.asynccontextmanager
     async def lifespan(app):
         state.clock.start()
-        state.task = asyncio.create_task(state.driver.run(), name="fluidserve-sim-driver")
+        runner = state.prefill.run() if state.prefill is not None else state.driver.run()
+        state.task = asyncio.create_task(runner, name="fluidserve-sim-driver")
         try:
             yield
         finally:
@@ -274,10 +288,13 @@ def create_app(state: ServeState):
         if req.model != state.model_name:
             raise APIError(404, f"The model `{req.model}` does not exist.", "not_found_error", param="model", code="model_not_found")
         prompt_tokens = prompt_tokens_of(req)
+        if state.prefill is not None:
+            return await _prefill_role(kind, req, prompt_tokens)
         max_tokens = requested_max_tokens(req)
         decode_tokens = max_tokens if max_tokens is not None else state.sample_decode_tokens()
         state.check_servable(prompt_tokens, decode_tokens)
-        stream = state.driver.submit(prompt_tokens, decode_tokens)
+        ready_s = _transferred_kv_ready_s(req) if state.role == "decode" else None
+        stream = state.driver.submit(prompt_tokens, decode_tokens, prefilled=ready_s is not None, arrival_s=ready_s)
         stream.finish_reason = "length" if max_tokens is not None else "stop"
         state.metrics.observe_request(prompt_tokens)
         prefix = "chatcmpl" if isinstance(req, ChatCompletionRequest) else "cmpl"
@@ -301,6 +318,46 @@ def create_app(state: ServeState):
 
     def _release_slot() -> None:
         state.in_flight -= 1
+
+    def _transferred_kv_ready_s(req) -> float | None:
+        """Decode role: simulated time at which the request's transferred KV arrives (None: no KV sent)."""
+        from fluidserve.errors import InputError
+        from fluidserve.serve.roles import kv_ready_monotonic_s
+
+        try:
+            ready = kv_ready_monotonic_s((req.model_extra or {}).get("kv_transfer_params"))
+        except InputError as exc:
+            raise APIError(400, str(exc), param="kv_transfer_params") from None
+        if ready is None:
+            return None
+        return (ready - state.clock.t0_wall) * state.clock.time_scale  # same host clock
+
+    async def _prefill_role(kind: str, req, prompt_tokens: int):
+        """Prefill role: one token at the end of the prefill step, plus the modeled KV transfer."""
+        state.check_servable(prompt_tokens, 1)
+        ticket = state.prefill.submit(prompt_tokens)
+        state.metrics.observe_request(prompt_tokens)
+        prefix = "chatcmpl" if isinstance(req, ChatCompletionRequest) else "cmpl"
+        shape = ResponseShape(kind, f"{prefix}-p{ticket.req}", state.model_name, int(time.time()), prompt_tokens, 1, "length")
+        state.in_flight += 1
+        try:
+            await ticket.done.wait()
+        finally:
+            state.in_flight -= 1
+        if state.prefill.error is not None:
+            raise APIError(503, f"simulator stopped: {state.prefill.error}", "server_error", code=503)
+        params = ticket.kv_transfer_params(state.clock)
+        if not req.stream:
+            return {**shape.full_body(), "kv_transfer_params": params}
+
+        async def events():
+            yield shape.token_chunk(0)
+            yield "data: " + json.dumps({"id": shape.id, "choices": [], "kv_transfer_params": params}) + "\n\n"
+            if req.stream_options and req.stream_options.include_usage:
+                yield shape.usage_chunk()
+            yield DONE_EVENT
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     async def _events(stream: TokenStream, shape: ResponseShape, include_usage: bool):
         sent = 0

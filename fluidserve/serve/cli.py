@@ -12,8 +12,10 @@ per-request records are written to ``DIR/request_traces.csv`` at shutdown.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -42,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace-s", type=float, default=10.0, help="seconds open streams get to finish at shutdown")
     parser.add_argument("--output-dir", default=None, help="write the simulator's request_traces.csv here at shutdown")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--role", default="single", choices=["single", "prefill", "decode"],
+        help="single instance, or a disaggregated prefill / decode stand-in (see fluidserve/serve/roles.py)",
+    )
+    parser.add_argument("--kv-link-GBps", type=float, default=25.0, help="prefill role: KV transfer link speed, GB/s")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -75,6 +82,21 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Terminated(Exception):
+    """SIGTERM, raised after uvicorn's graceful shutdown."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 @cli_errors
 def main(args: argparse.Namespace) -> int:
     _check(args)
@@ -94,17 +116,22 @@ def main(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         max_concurrency=args.max_concurrency,
         max_body_bytes=args.max_body_bytes,
+        role=args.role,
+        kv_link_GBps=args.kv_link_GBps,
     )
     app = create_app(state)
     sock = bind_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
+    if not _is_loopback(host):
+        print(f"warning: --host {args.host} binds {host}: the simulated endpoint is reachable from other machines"
+              + ("" if args.api_key else " and has no --api-key"), file=sys.stderr, flush=True)
     shown_host = f"[{host}]" if ":" in host else host
 
     class DrainingServer(uvicorn.Server):
         async def startup(self, sockets=None):
             await super().startup(sockets=sockets)
             print(
-                f"{READY_PREFIX}http://{shown_host}:{port} (model {state.model_name}, time scale {args.time_scale:g})",
+                f"{READY_PREFIX}http://{shown_host}:{port} (model {state.model_name}, time scale {args.time_scale:g}, role {args.role})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -126,10 +153,16 @@ def main(args: argparse.Namespace) -> int:
     )
     logging.getLogger("fluidserve").setLevel(args.log_level.upper())
     server = DrainingServer(config)
+    # uvicorn drains on SIGINT and SIGTERM, then re-raises the captured signal with the handler
+    # that was set before it started: KeyboardInterrupt for SIGINT, and for SIGTERM this one
+    # (the default handler would kill the process before request_traces.csv is written).
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the captured SIGINT after its graceful shutdown
+    except (KeyboardInterrupt, _Terminated):
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.output_dir:
         from fluidserve.sim.simulator import collect
 

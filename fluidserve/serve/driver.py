@@ -138,15 +138,21 @@ class SimDriver:
         self.steps = 0
 
     # --------------------------------------------------------------- requests
-    def submit(self, prefill_tokens: int, decode_tokens: int) -> TokenStream:
-        """Enter a request into the engine now; returns its stream (call on the event loop)."""
+    def submit(self, prefill_tokens: int, decode_tokens: int, prefilled: bool = False,
+               arrival_s: float | None = None) -> TokenStream:
+        """Enter a request into the engine now; returns its stream (call on the event loop).
+
+        ``prefilled``: its prompt's KV came from a prefill instance (disaggregated decode role);
+        ``arrival_s``: a later simulated arrival time (when that KV will have arrived), never
+        earlier than now."""
         if self.error is not None:
             raise RuntimeError(f"simulator stopped: {self.error}")
         eng = self.engine
         gid = self._next_gid
         self._next_gid += 1
-        arrival = max(self.clock.now_s(), eng.last_arrival_s)  # guard float ties
-        local = eng.submit(gid, arrival, prefill_tokens, decode_tokens)
+        now = self.clock.now_s()
+        arrival = max(now if arrival_s is None else max(arrival_s, now), eng.last_arrival_s)  # guard float ties
+        local = eng.submit(gid, arrival, prefill_tokens, decode_tokens, prefilled=prefilled)
         stream = TokenStream(gid, local, prefill_tokens, decode_tokens, arrival)
         self.active[local] = stream
         if self._wake is not None:

@@ -1,7 +1,8 @@
 """OpenAI request validation, error bodies and response / stream-chunk shapes.
 
-Requests are validated with pydantic (unknown fields such as ``temperature`` are accepted and
-ignored: the simulator does not sample). Every problem becomes :class:`APIError`, rendered as
+Requests are validated with pydantic. The OpenAI sampling parameters (``temperature``,
+``top_p``, penalties, ``seed``, ``stop``, ``user``) are type- and range-checked as the OpenAI API
+does and then ignored (the simulator does not sample); other unknown fields are accepted. Every problem becomes :class:`APIError`, rendered as
 OpenAI's error body ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status.
 Stream chunks are built from string templates (no ``json.dumps`` per token).
 """
@@ -43,6 +44,14 @@ class _Common(BaseModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: StrictInt = 1
+    # checked like the OpenAI API (400 on a bad type or range), not used by the simulator
+    temperature: float | None = Field(None, strict=True, ge=0, le=2)
+    top_p: float | None = Field(None, strict=True, ge=0, le=1)
+    presence_penalty: float | None = Field(None, strict=True, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, strict=True, ge=-2, le=2)
+    seed: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    user: StrictStr | None = None
 
 
 class CompletionRequest(_Common):
@@ -53,7 +62,7 @@ class CompletionRequest(_Common):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: StrictStr
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: StrictStr | list[dict[str, Any]] | None = None
 
 
@@ -81,6 +90,8 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise APIError(400, "request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise APIError(400, f"request body must be a JSON object, got {type(data).__name__}")
     return data

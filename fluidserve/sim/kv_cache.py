@@ -1,25 +1,29 @@
 """KV cache accounting of the ``vllm_v1`` scheduler: a block pool with a null block and prefix caching.
 
-Mirrors vLLM's ``vllm/v1/core/block_pool.py`` (``BlockPool``, ``FreeKVCacheBlockQueue``) and
-``vllm/v1/core/kv_cache_manager.py`` (``KVCacheManager.get_computed_blocks``, ``allocate_slots``,
-``free``) for one full-attention KV cache group:
+Mirrors vLLM 0.33's ``vllm/v1/core/block_pool.py`` (``BlockPool``, ``FreeKVCacheBlockQueue``)
+and ``vllm/v1/core/kv_cache_manager.py`` (``KVCacheManager.get_computed_blocks``,
+``allocate_slots``, ``free``) for one full-attention KV cache group:
 
-* ``num_gpu_blocks = N`` blocks, block 0 is the null block: N - 1 blocks hold KV.
+* ``num_gpu_blocks = N`` blocks, one is the null block: N - 1 blocks hold KV.
 * Without prefix caching the pool is a counter of used blocks.
 * With prefix caching every full block carries a hash of its prefix. Requests of one
   ``prefix_group`` share the hashes of the blocks that lie wholly inside their ``prefix_length``
   (the shared system prompt); every other block's hash is private to its request (its own prompt
   and output tokens). A cached block is reference-counted; when its count drops to 0 it joins the
-  tail of the free queue but keeps its hash until allocation pops it from the head (LRU
-  eviction). A request's blocks are freed in reverse order, so its tail blocks are evicted first;
+  tail of the free queue and keeps its hash until allocation pops it from the head (LRU
+  eviction). A request's blocks are freed in reverse order (its tail blocks are evicted first);
   blocks without a hash (a partial last block) go to the head instead and are reused first
-  (``BlockPool.free_blocks`` of vLLM 0.33).
-  A lookup returns the longest run of cached full blocks from the start of the request, at most
-  ``(num_tokens - 1) // block_size`` blocks (the last token is always computed, for its logits).
+  (``BlockPool.free_blocks``). A lookup returns the longest run of cached full blocks from the
+  start of the request, at most ``(num_tokens - 1) // block_size`` (the last token is always
+  computed, for its logits).
 
-Private blocks of one request are interchangeable: the blocks a decoding request grows into are
-popped from the queue head when allocated (that is what evicts), and get their request's hashes
-only when the request frees them (nobody else can hit a private hash before that).
+What is tracked block by block is only what a lookup can reach: shared-prefix blocks (hashed
+at allocation, so a request admitted in the same step can hit them) and the private blocks of a
+preempted request (hashed when it frees them; only it can hit them, when it resumes). All other
+blocks are interchangeable: the free queue holds them as counts, a run of "cached but unreachable"
+blocks (full private blocks of finished requests) or the uncached blocks at the head. Popping
+from the head consumes counts and evicts the tracked blocks it meets, so the order of evictions
+is exactly vLLM's while an ordinary request costs O(1) block operations.
 """
 
 from __future__ import annotations
@@ -45,18 +49,21 @@ class KVCacheManager:
         self.caching = bool(enable_prefix_caching)
         self.group = prefix_group
         self.plen = prefix_length
-        self.used = 0  # blocks held by requests (uncaching) / not in the free queue (caching)
+        self.used = 0  # blocks not in the free queue
         self.hit_tokens = 0
         self.query_tokens = 0
         if self.caching:
-            self.queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(1, self.num_gpu_blocks))
-            self.block_hash: list = [None] * self.num_gpu_blocks
-            self.ref = [0] * self.num_gpu_blocks
-            self.cached: dict = {}  # hash -> [block ids], first one is returned by lookups
-            self.req_blocks: dict[int, list[int]] = {}
-            self.req_ncached: dict[int, int] = {}
-            self.req_anon: dict[int, int] = {}  # blocks grown while decoding, not yet in req_blocks
-            self.anon: list[int] = []
+            self.head_free = self.usable  # uncached free blocks at the head of the queue
+            # the rest of the queue, head first: tracked block id (> 0) -> 0, or run id (< 0) -> count
+            self.queue: OrderedDict[int, int] = OrderedDict()
+            self._next_id = 1
+            self._next_run = -1
+            self.block_hash: dict[int, tuple] = {}  # tracked block -> its hash
+            self.ref: dict[int, int] = {}  # tracked block -> requests holding it
+            self.cached: dict[tuple, int] = {}  # hash -> the block a lookup returns (first cached)
+            self.dups: dict[tuple, list[int]] = {}  # hash -> later blocks with that hash, in order
+            self.req_ids: dict[int, list[int]] = {}  # tracked blocks of a request: its first positions
+            self.req_ncached: dict[int, int] = {}  # shared-prefix positions hashed so far
 
     # ------------------------------------------------------------------ views
     @property
@@ -64,24 +71,31 @@ class KVCacheManager:
         """Free blocks, cached-but-unreferenced ones included (vLLM's ``get_num_free_blocks``)."""
         return self.usable - self.used
 
-    def _key(self, r: int, j: int):
-        g = self.group[r]
-        if g >= 0 and (j + 1) * self.bs <= self.plen[r]:
-            return (g, j)
-        return (-1 - r, j)
+    def _num_shared(self, r: int) -> int:
+        """Leading blocks of ``r`` that lie wholly inside its group's shared prefix."""
+        return self.plen[r] // self.bs if self.group[r] >= 0 else 0
 
     # ------------------------------------------------------------------ lookups
     def lookup(self, r: int, num_tokens: int) -> list[int]:
         """Cached blocks for request ``r`` (``get_computed_blocks``); [] without caching."""
         if not self.caching:
             return []
-        hits = []
+        hits: list[int] = []
         cached = self.cached
-        for j in range((num_tokens - 1) // self.bs):
-            blocks = cached.get(self._key(r, j))
-            if blocks is None:
+        n_max = (num_tokens - 1) // self.bs
+        nsh = min(self._num_shared(r), n_max)
+        g = self.group[r]
+        for j in range(nsh):
+            b = cached.get((g, j))
+            if b is None:
+                return hits
+            hits.append(b)
+        priv = -1 - r
+        for j in range(nsh, n_max):
+            b = cached.get((priv, j))
+            if b is None:
                 break
-            hits.append(blocks[0])
+            hits.append(b)
         return hits
 
     def num_evictable(self, hits: list[int]) -> int:
@@ -90,21 +104,65 @@ class KVCacheManager:
         return sum(1 for b in hits if ref[b] == 0)
 
     # ------------------------------------------------------------------ allocation
-    def _pop_free(self) -> int:
-        b, _ = self.queue.popitem(last=False)
-        h = self.block_hash[b]
-        if h is not None:  # evict: the block leaves the prefix cache
-            lst = self.cached[h]
+    def _evict(self, b: int) -> None:
+        """Block ``b`` leaves the prefix cache (popped from the free queue for reuse)."""
+        h = self.block_hash.pop(b)
+        del self.ref[b]
+        cached, dups = self.cached, self.dups
+        if cached.get(h) == b:
+            lst = dups.get(h)
+            if lst:
+                cached[h] = lst.pop(0)
+                if not lst:
+                    del dups[h]
+            else:
+                del cached[h]
+        else:
+            lst = dups[h]
             lst.remove(b)
             if not lst:
-                del self.cached[h]
-            self.block_hash[b] = None
+                del dups[h]
+
+    def _pop(self, n: int) -> None:
+        """Take ``n`` blocks from the head of the free queue, evicting tracked ones."""
+        self.used += n
+        take = n if n <= self.head_free else self.head_free
+        self.head_free -= take
+        n -= take
+        queue = self.queue
+        while n:
+            key, count = queue.popitem(last=False)
+            if key > 0:
+                self._evict(key)
+                n -= 1
+            elif count > n:
+                queue[key] = count - n
+                queue.move_to_end(key, last=False)
+                n = 0
+            else:
+                n -= count
+
+    def _track(self, h: tuple) -> int:
+        """A new tracked block (ref 1) with hash ``h``, entered in the lookup table."""
+        b = self._next_id
+        self._next_id = b + 1
+        self.block_hash[b] = h
+        self.ref[b] = 1
+        if h in self.cached:
+            self.dups.setdefault(h, []).append(b)
+        else:
+            self.cached[h] = b
         return b
 
-    def admit(self, r: int, hits: list[int], num_new_blocks: int) -> None:
+    def admit(self, r: int, hits: list[int], num_new_blocks: int, num_tokens_to_cache: int) -> None:
         """Give request ``r`` its hit blocks (touched) and ``num_new_blocks`` fresh ones."""
         if not self.caching:
             self.used += num_new_blocks
+            return
+        if not hits and self.group[r] < 0:  # nothing to track
+            self.req_ids[r] = []
+            self.req_ncached[r] = 0
+            self._pop(num_new_blocks)
             return
         ref, queue = self.ref, self.queue
         for b in hits:
@@ -113,90 +171,79 @@ class KVCacheManager:
                 self.used += 1
             ref[b] += 1
         self.hit_tokens += len(hits) * self.bs
-        blocks = list(hits)
-        for _ in range(num_new_blocks):
-            b = self._pop_free()
-            ref[b] = 1
-            blocks.append(b)
-        self.used += num_new_blocks
-        self.req_blocks[r] = blocks
-        self.req_ncached[r] = len(hits)
-        self.req_anon[r] = 0
+        self.req_ids[r] = list(hits)
+        self.req_ncached[r] = min(len(hits), self._num_shared(r))
+        self.grow(r, num_new_blocks, num_tokens_to_cache)
 
     def grow(self, r: int, num_new_blocks: int, num_tokens_to_cache: int) -> None:
-        """Append blocks for a prefill chunk of ``r`` and cache its full blocks."""
+        """Add blocks for a prefill chunk of ``r`` and hash its full shared-prefix blocks."""
         if not self.caching:
             self.used += num_new_blocks
             return
-        blocks = self.req_blocks[r]
-        for _ in range(num_new_blocks):
-            b = self._pop_free()
-            self.ref[b] = 1
-            blocks.append(b)
-        self.used += num_new_blocks
-        self._cache(r, num_tokens_to_cache)
+        if num_new_blocks:
+            self._pop(num_new_blocks)
+        start = self.req_ncached[r]
+        if self.group[r] < 0:
+            return
+        end = min(num_tokens_to_cache // self.bs, self.plen[r] // self.bs)
+        if end > start:
+            ids, g = self.req_ids[r], self.group[r]
+            for j in range(start, end):
+                if j >= len(ids):
+                    ids.append(self._track((g, j)))
+            self.req_ncached[r] = end
 
     def grow_decoding(self, n: int) -> None:
-        """``n`` decoding requests each take one block (which ones is booked at their free)."""
-        if n and self.caching:
-            anon, ref = self.anon, self.ref
-            for _ in range(n):
-                b = self._pop_free()
-                ref[b] = 1
-                anon.append(b)
-        self.used += n
+        """``n`` decoding requests each take one block."""
+        if not self.caching:
+            self.used += n
+        elif n:
+            self._pop(n)
 
-    def grew_decoding(self, r: int, n: int) -> None:
-        """Book ``n`` blocks taken by :meth:`grow_decoding` on request ``r``."""
-        if self.caching:
-            self.req_anon[r] += n
+    def free(self, r: int, num_blocks: int, num_tokens_to_cache: int, reusable: bool = False) -> None:
+        """Free request ``r``'s ``num_blocks`` blocks (``KVCacheManager.free``: tail first).
 
-    def _cache(self, r: int, num_tokens: int) -> None:
-        """Hash the full blocks of ``r`` that hold its first ``num_tokens`` tokens."""
-        blocks = self.req_blocks[r]
-        start = self.req_ncached[r]
-        end = num_tokens // self.bs
-        if end <= start:
-            return
-        block_hash, cached = self.block_hash, self.cached
-        for j in range(start, end):
-            b = blocks[j]
-            if block_hash[b] is None:
-                h = self._key(r, j)
-                block_hash[b] = h
-                lst = cached.get(h)
-                if lst is None:
-                    cached[h] = [b]
-                else:
-                    lst.append(b)
-        self.req_ncached[r] = end
-
-    def free(self, r: int, num_blocks: int, num_tokens_to_cache: int) -> None:
-        """Free request ``r``'s ``num_blocks`` blocks (``KVCacheManager.free``: tail first)."""
+        Its full blocks among the first ``num_tokens_to_cache`` tokens are cached; ``reusable``
+        (a preempted request) makes its private ones reachable by its own later lookups.
+        """
         if not self.caching:
             self.used -= num_blocks
             return
-        blocks = self.req_blocks.pop(r)
-        k = self.req_anon.pop(r)
-        for _ in range(k):
-            blocks.append(self.anon.pop())
-        self.req_blocks[r] = blocks
-        self._cache(r, num_tokens_to_cache)
-        del self.req_blocks[r]
+        if self.group[r] >= 0:
+            self.grow(r, 0, num_tokens_to_cache)
+        ids = self.req_ids.pop(r)
         del self.req_ncached[r]
-        ref, queue, block_hash = self.ref, self.queue, self.block_hash
-        first = []  # uncached blocks go to the head, for reuse first (vLLM >= 0.33, LIFO)
-        for b in reversed(blocks):
-            ref[b] -= 1
-            if ref[b] == 0:
-                self.used -= 1
-                if block_hash[b] is None:
-                    first.append(b)
+        end = num_tokens_to_cache // self.bs
+        nid = len(ids)
+        queue = self.queue
+        # untracked positions nid .. num_blocks - 1, from the tail: the partial ones go to the head
+        n_full = max(0, end - nid)
+        self.head_free += num_blocks - nid - n_full
+        if n_full:
+            if reusable:
+                priv = -1 - r
+                for j in range(end - 1, nid - 1, -1):
+                    b = self._track((priv, j))
+                    self.ref[b] = 0
+                    queue[b] = 0
+            else:  # cached but unreachable: one run at the tail
+                last = next(reversed(queue)) if queue else 0
+                if last < 0:
+                    queue[last] += n_full
                 else:
-                    queue[b] = None
-        for b in reversed(first):
-            queue[b] = None
-            queue.move_to_end(b, last=False)
+                    run = self._next_run
+                    self._next_run = run - 1
+                    queue[run] = n_full
+        freed = num_blocks - nid
+        ref = self.ref
+        for j in range(nid - 1, -1, -1):
+            b = ids[j]
+            k = ref[b] - 1
+            ref[b] = k
+            if k == 0:
+                queue[b] = 0
+                freed += 1
+        self.used -= freed
 
     def hit_rate(self) -> float:
         """Prefix-cache hit tokens / queried prompt tokens (NaN when nothing was queried)."""

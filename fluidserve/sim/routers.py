@@ -129,8 +129,11 @@ def dispatch(router: Router, engines: Sequence, arrival_s: Sequence[float], subm
     n = len(arrival_s)
     out = np.empty(n, dtype=np.int64)
     cand = list(range(len(engines)))
+    routed = getattr(router, "routed", None)  # routers that track what they sent (length_aware)
     for i in range(n):
         r = route(router, engines, arrival_s[i], cand, progress)
-        submit(i, r)
+        handle = submit(i, r)
+        if routed is not None:
+            routed(i, r, handle)
         out[i] = r
     return out

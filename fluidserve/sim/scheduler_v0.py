@@ -1,7 +1,8 @@
 """The ``vllm_v0`` scheduler: the seed's vLLM V0-like engine (swapping or recompute).
 
 Mirrors vLLM V0's ``Scheduler._schedule_default`` (vllm/core/scheduler.py: running, then
-swapped, then waiting; ``_preempt`` by swap or recompute). Semantics of one engine step ``s`` starting at time ``t`` (see README "Simulator semantics"):
+swapped, then waiting; ``_preempt`` by swap or recompute). Semantics of one engine step ``s``
+starting at time ``t`` (see README "Simulator semantics"):
 
 1. Arrivals with ``arrival_time <= t`` join the waiting queue.
 2. Every decoding request needs room for one more KV token. A request at decode iteration
@@ -59,6 +60,8 @@ class VllmV0Engine(ReplicaEngine):
         replica: index written into the records.
         seed: seed of the random victim policy.
     """
+
+    scheduler = "vllm_v0"
 
     def __init__(
         self,

@@ -46,61 +46,38 @@ from fluidserve.sim.kv_cache import KVCacheManager
 from fluidserve.sim.records import ABORTED, DECODING, DONE, PREFILLING, REJECTED, WAITING, StepRecord
 
 
-class FcfsQueue:
+class FcfsQueue(deque):
     """vLLM's ``FCFSRequestQueue``: arrival order; preempted requests go back to the head."""
 
-    def __init__(self) -> None:
-        self.q: deque[int] = deque()
-
-    def __len__(self) -> int:
-        return len(self.q)
-
-    def add(self, i: int) -> None:
-        self.q.append(i)
-
-    def prepend(self, i: int) -> None:
-        self.q.appendleft(i)
+    add = deque.append
+    prepend = deque.appendleft
+    pop = deque.popleft
 
     def peek(self) -> int:
-        return self.q[0]
-
-    def pop(self) -> int:
-        return self.q.popleft()
-
-    def remove(self, i: int) -> None:
-        self.q.remove(i)
-
-    def __iter__(self):
-        return iter(self.q)
+        return self[0]
 
 
-class PriorityQueue:
+class PriorityQueue(list):
     """vLLM's ``PriorityRequestQueue``: smallest ``(priority, arrival)`` first, preempted ones too."""
 
     def __init__(self, prio: list[int], arr: list[float]) -> None:
-        self.h: list[tuple[int, float, int]] = []
+        super().__init__()
         self.prio, self.arr = prio, arr
 
-    def __len__(self) -> int:
-        return len(self.h)
-
     def add(self, i: int) -> None:
-        heapq.heappush(self.h, (self.prio[i], self.arr[i], i))
+        heapq.heappush(self, (self.prio[i], self.arr[i], i))
 
     prepend = add
 
     def peek(self) -> int:
-        return self.h[0][2]
+        return self[0][2]
 
     def pop(self) -> int:
-        return heapq.heappop(self.h)[2]
+        return heapq.heappop(self)[2]
 
     def remove(self, i: int) -> None:
-        self.h = [x for x in self.h if x[2] != i]
-        heapq.heapify(self.h)
-
-    def __iter__(self):
-        return (x[2] for x in sorted(self.h))
+        self[:] = [x for x in self if x[2] != i]
+        heapq.heapify(self)
 
 
 class VllmV1Engine(ReplicaEngine):
@@ -302,17 +279,15 @@ class VllmV1Engine(ReplicaEngine):
         self.cnt[(s0 - c0) % self.bs] -= 1
         c_now = c0 + s - s0
         alloc = c_now + 1 if scheduled else c_now
-        blocks = -(-alloc // self.bs)
-        self.kv.grew_decoding(i, blocks - -(-c0 // self.bs))
-        self.nb[i] = blocks
+        self.nb[i] = -(-alloc // self.bs)
         self.o[i] += s - s0
         self.c[i] = alloc  # tokens covered by allocations (what the prefix cache may hold)
         self.state[i] = PREFILLING  # transient: the caller sets the real state
 
     def _preempt(self, v: int, t: float) -> None:
         """``Scheduler._preempt_request``: free the KV, num_computed_tokens = 0, back to waiting."""
-        self.kv.free(v, self.nb[v], min(self.c[v], self.P0[v] + self.o[v]))
         before = self.kv.used
+        self.kv.free(v, self.nb[v], min(self.c[v], self.P0[v] + self.o[v]), reusable=True)
         if self.partial == v:
             self.partial = -1
         del self.running[v]
@@ -376,10 +351,12 @@ class VllmV1Engine(ReplicaEngine):
         pending, calendar, cnt = self.pending, self.calendar, self.cnt
         running, waiting, kv = self.running, self.waiting, self.kv
         prefilled = self.prefilled
+        pgroup = self.pgroup
         events, mem_events, snapshots, step_end = self.events, self.mem_events, self.snapshots, self.step_end
         enter_t, comp_t, ft_step = self.enter_t, self.comp_t, self.ft_step
         max_steps = self.max_steps
         one = self._one
+        carried: list[int] = []  # preemptions of a schedule that ran nothing (step records)
         done_report = 0
 
         while True:
@@ -401,6 +378,9 @@ class VllmV1Engine(ReplicaEngine):
                 raise RuntimeError(f"simulation exceeded sim.max_steps={max_steps}")
             if one:
                 record = self._record = StepRecord(s, t, t, 0, 0, 0, 0, 0, 0, 0, 0, self.total_blocks)
+                if carried:
+                    record.preempted.extend(carried)
+                    carried = []
 
             budget = B
             preempted = False
@@ -544,7 +524,7 @@ class VllmV1Engine(ReplicaEngine):
                         waiting.pop()
                         prefilled.discard(i)
                         before = kv.used
-                        kv.admit(i, [], need)
+                        kv.admit(i, [], need, P)
                         nb[i] = need
                         ca[i] = P + 1
                         running[i] = None
@@ -562,7 +542,7 @@ class VllmV1Engine(ReplicaEngine):
                             record.admitted.append(i)
                         continue
                     n_i = P0[i] + oa[i]
-                    hits = kv.lookup(i, n_i) if kv.caching else ()
+                    hits = kv.lookup(i, n_i) if kv.caching and (pgroup[i] >= 0 or self.preempts[i]) else ()
                     n_hit = len(hits)
                     h_tok = n_hit * bs
                     num_new = n_i - h_tok
@@ -578,9 +558,7 @@ class VllmV1Engine(ReplicaEngine):
                     waiting.pop()
                     before = kv.used
                     kv.query_tokens += n_i
-                    kv.admit(i, hits, need)
-                    if kv.caching:
-                        kv.grow(i, 0, h_tok + num_new)
+                    kv.admit(i, hits, need, h_tok + num_new)
                     nb[i] = n_hit + need
                     running[i] = None
                     state[i] = PREFILLING
@@ -606,8 +584,13 @@ class VllmV1Engine(ReplicaEngine):
                     if one:
                         record.admitted.append(i)
 
-            if not (dec_sched or prefill_tokens or preempted):
-                raise RuntimeError(f"engine stalled at step {s}, t={t:.6f}s: nothing could run (a bug)")
+            if not (dec_sched or prefill_tokens):
+                if not preempted:
+                    raise RuntimeError(f"engine stalled at step {s}, t={t:.6f}s: nothing could run (a bug)")
+                # vLLM runs no model step when nothing is scheduled and schedules again at once
+                if one:
+                    carried = record.preempted
+                continue
             dt = bt.step_time(prefill_tokens, dec_sched, kv_tokens, pat)
             t_end = t + dt
             if one:

@@ -35,7 +35,11 @@ def _bar(total: int, desc: str, progress: bool):
 
 
 def _exit_with_parent(parent_pid: int) -> None:
-    """Pool-worker initializer: a daemon thread ends the worker once the sweep process is gone."""
+    """Pool-worker initializer: the worker dies with its parent (the kernel's parent-death signal
+    on Linux, see :mod:`fluidserve.sweep.lifeline`; elsewhere a daemon thread that watches it)."""
+    from fluidserve.sweep.lifeline import die_with_parent
+
+    die_with_parent()
     initial_ppid = os.getppid()
 
     def watch() -> None:
@@ -68,7 +72,9 @@ def _local_pool(fn, tasks, workers: int, bar) -> Iterator[tuple[Any, Any]]:
     # not fork-safe) is loaded in this process, workers are forked from a clean forkserver instead
     if "jax" in sys.modules:
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([fn.__module__])
+        # the forkserver imports the lifeline first: it then dies with this process (even on kill -9)
+        os.environ["FLUIDSERVE_FORKSERVER_LIFELINE"] = "1"
+        ctx.set_forkserver_preload(["fluidserve.sweep.lifeline", fn.__module__])
     else:
         ctx = mp.get_context("fork")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,

@@ -23,6 +23,7 @@ from fluidserve.export import sweep_plots as sp
 log = logging.getLogger(__name__)
 
 MAX_TABLE_ROWS = 100
+PNG_DPI = 300  # print resolution
 TABLE_METRICS = ("throughput_rps", "mean_ttft_s", "mean_e2e_s")
 
 
@@ -66,6 +67,20 @@ def points_table(df: pd.DataFrame, fields: list[str]) -> tuple[pd.DataFrame, dic
     return wide[ordered], headers
 
 
+def _export(fig, stem: Path, formats: list[str]) -> list:
+    """``export_figure``; a PGF export that TeX cannot compile (a partial TeX install) falls back to
+    PDF with one warning naming the missing package."""
+    from fluidserve.errors import MissingDependencyError
+
+    try:
+        return lx.export_figure(fig, stem, formats=formats)
+    except MissingDependencyError as exc:
+        if "pgf" not in formats:
+            raise
+        log.warning("%s; exporting PDF only", exc)
+        return lx.export_figure(fig, stem, formats=[f for f in formats if f != "pgf"])
+
+
 def write_outputs(df: pd.DataFrame, fields: list[str], sweep_dir: str | Path, latex: bool = False) -> dict:
     """Write the figures (and with ``latex`` the PGF/PDF exports and tables); returns the paths."""
     sweep_dir = Path(sweep_dir)
@@ -75,18 +90,23 @@ def write_outputs(df: pd.DataFrame, fields: list[str], sweep_dir: str | Path, la
     fig_dir, tab_dir = sweep_dir / "figures", sweep_dir / "tables"
     fig_dir.mkdir(parents=True, exist_ok=True)
     formats = ["pdf"]
-    if latex and lx.tex_available():
+    missing = lx.missing_tex_packages() if latex and lx.tex_available() else []
+    if latex and lx.tex_available() and not missing:
         formats = ["pgf", "pdf"]
     elif latex:
-        log.warning("no %s on PATH: exporting PDF only (PGF needs TeX)", lx.TEX_SYSTEM)
+        why = (f"LaTeX package(s) {', '.join(missing)} not installed" if missing
+               else f"no {lx.TEX_SYSTEM} on PATH")
+        log.warning("%s: exporting PDF only (PGF needs %s)", why, lx.TEX_DEBIAN)
     with lx.latex_style() if latex else nullcontext():
         figs = sweep_figures(df, fields)
         for name, fig in figs.items():
             png = fig_dir / f"{name}.png"
-            fig.savefig(png, dpi=120)
+            fig.savefig(png, dpi=PNG_DPI)
             out["figures"].append(str(png))
             if latex:
-                out["figures"] += [str(p) for p in lx.export_figure(fig, fig_dir / name, formats=formats)]
+                out["figures"] += [str(p) for p in _export(fig, fig_dir / name, formats)]
+                if "pgf" in formats and not any(p.endswith(".pgf") for p in out["figures"]):
+                    formats = ["pdf"]  # the first PGF failed (and warned): the rest as PDF only
     if latex:
         table, headers = points_table(df, fields)
         if len(table) > MAX_TABLE_ROWS:

@@ -25,6 +25,9 @@ from fluidserve.sweep.spec import Sweep
 
 log = logging.getLogger(__name__)
 
+#: fluid points per vmapped JAX batch: each batch is stored as it finishes.
+VMAP_CHUNK_POINTS = 4
+
 
 @dataclass
 class SweepReport:
@@ -114,8 +117,12 @@ def write_manifest(sweep: Sweep, directory: Path) -> None:
 
 def run_sweep(sweep: Sweep, output_dir: str | Path | None = None, executor: str = "local",
               workers: int | None = None, address: str | None = None, progress: bool = True,
-              use_vmap: bool = True, vmap_batch: int = 1024) -> SweepReport:
-    """Compute every (point, engine) not yet in the dataset and append each result as it finishes."""
+              use_vmap: bool = True, vmap_batch: int = VMAP_CHUNK_POINTS) -> SweepReport:
+    """Compute every (point, engine) not yet in the dataset and append each result as it finishes.
+
+    Fluid points on the vmap path are solved and stored in chunks of about ``vmap_batch`` points
+    (split evenly, so every chunk has the same compiled shape): a kill loses at most one chunk.
+    """
     t0 = time.perf_counter()
     check_args(executor, workers, address)
     directory = sweep_dir(sweep, output_dir)
@@ -135,7 +142,8 @@ def run_sweep(sweep: Sweep, output_dir: str | Path | None = None, executor: str 
 
         plan = vmap.plan(sweep, fluid_todo)
         if plan is not None:
-            for rows in vmap.run(plan, batch=vmap_batch, progress=progress):
+            chunks = -(-len(plan.points) // max(1, vmap_batch))
+            for rows in vmap.run(plan, batch=-(-len(plan.points) // chunks), progress=progress):
                 for row in rows:
                     row["run_id"] = run_id
                 store.append_rows(dataset, rows)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,11 +36,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fluidserve.config import Config, config_from_dict, format_validation_error, set_dotted
+from fluidserve.config import Config, check_overrides_apply, config_from_dict, format_validation_error, set_dotted
+from fluidserve import guards
 from fluidserve.errors import InputError
+from fluidserve.yamlio import read_yaml
 
 ENGINES = {"fluid": ("fluid",), "sim": ("sim",), "both": ("fluid", "sim")}
 
@@ -58,6 +60,9 @@ class GridSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "GridSpec":
+        if not (math.isfinite(self.start) and math.isfinite(self.stop)):
+            raise ValueError(f"grid start and stop must be finite numbers (got {self.start}, {self.stop})")
+        guards.check_sweep_points(self.num, f"grid num = {self.num:,}")
         if self.scale == "log" and (self.start <= 0 or self.stop <= 0):
             raise ValueError(f"a log grid needs start and stop > 0 (got {self.start}, {self.stop})")
         return self
@@ -128,7 +133,7 @@ class SweepFile(_Strict):
     output_dir: str | None = None
     axes: list[dict[str, Any]] = Field(..., min_length=1)
     samples: int | None = Field(None, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -228,12 +233,7 @@ def config_id(cfg: Config) -> str:
 
 
 def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise InputError(f"sweep file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    data = read_yaml(path, "sweep")
     if not isinstance(data, dict):
         raise InputError(f"{path}: a sweep file is a mapping (name, base, axes, ...)")
     return data
@@ -274,7 +274,7 @@ def sweep_from_dict(data: dict, source: str = "<sweep>", base_dir: Path | None =
         base_path = base_dir / base_path
     if not base_path.is_file():
         raise InputError(f"{source}: base config not found: {spec.base} (looked at {base_path})")
-    base_data = yaml.safe_load(base_path.read_text())
+    base_data = read_yaml(base_path, "config")
     if not isinstance(base_data, dict):
         raise InputError(f"{base_path}: config file is empty or not a mapping")
     cfg_base_dir = str(base_path.parent.resolve())
@@ -297,6 +297,9 @@ def sweep_from_dict(data: dict, source: str = "<sweep>", base_dir: Path | None =
         for v in values:
             _check_value(base_data, axis.field, v, source, cfg_base_dir)
         grid_values.append(values)
+    total = math.prod(len(v) for v in grid_values) * (spec.samples or 1)
+    guards.check_sweep_points(total, f"{source}: the axes ({' x '.join(str(len(v)) for v in grid_values)}"
+                              + (f" x {spec.samples} samples" if spec.samples else "") + ")")
     draws: list[dict[str, Any]] = [{}]
     if random_axes:
         rng = np.random.default_rng(spec.seed)
@@ -326,6 +329,7 @@ def sweep_from_dict(data: dict, source: str = "<sweep>", base_dir: Path | None =
                 cfg = config_from_dict(data_i, f"{source}: point ({desc})", cfg_base_dir)
             except InputError as exc:
                 raise InputError(str(exc)) from None
+            check_overrides_apply(cfg, [*spec.set, *params], f"{source}: point ({desc}):")
             pid = config_id(cfg)
             if pid in seen:
                 continue

@@ -43,7 +43,9 @@ class Workload:
         if not np.all(np.isfinite(a)) or np.any(a < 0):
             raise InputError(f"workload '{self.name}': arrival times must be finite and >= 0")
         if np.any(p < 1) or np.any(d < 1):
-            raise InputError(f"workload '{self.name}': prefill and decode lengths must be >= 1 token")
+            i = int(np.argmax((p < 1) | (d < 1)))
+            raise InputError(f"workload '{self.name}' request {i + 1}: prefill and decode lengths must be >= 1 token "
+                             f"(got {int(p[i])}, {int(d[i])})")
         if np.any(np.diff(a) < 0):
             order = np.argsort(a, kind="stable")
             a, p, d, pr, pg, pl = a[order], p[order], d[order], pr[order], pg[order], pl[order]

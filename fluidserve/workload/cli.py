@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def workload_settings(args: argparse.Namespace):
     """(WorkloadConfig, seed, cfg or None) from --config and the flags (flags win)."""
     cfg = load_config(args.config) if args.config else None
-    data = cfg.workload.model_dump() if cfg is not None else {}
+    data = cfg.workload.model_dump(exclude_unset=True) if cfg is not None else {}
     flags = {
         "num_requests": args.num_requests,
         "arrival_rate": args.arrival_rate,
@@ -63,6 +63,8 @@ def workload_settings(args: argparse.Namespace):
     except ValidationError as exc:
         raise InputError(format_validation_error(exc, "generate-requests workload")) from None
     seed = args.seed if args.seed is not None else (cfg.seed if cfg is not None else 0)
+    if seed < 0:
+        raise InputError(f"--seed must be a non-negative integer, got {seed}")
     return wcfg, seed, cfg
 
 
@@ -71,10 +73,12 @@ def main(args: argparse.Namespace) -> int:
     from fluidserve.workload import build_workload, write_requests_csv
 
     wcfg, seed, cfg = workload_settings(args)
-    workload = build_workload(wcfg, seed, cfg.resolve_path if cfg is not None else Path)
     path = Path(args.output)
     if args.output_dir and not path.is_absolute():
         path = Path(args.output_dir) / path
+    if path.is_dir():
+        raise InputError(f"--output {path} is a directory; give a file name, e.g. {path / 'requests.csv'}")
+    workload = build_workload(wcfg, seed, cfg.resolve_path if cfg is not None else Path)
     write_requests_csv(workload, path)
     info = {
         "path": str(path),

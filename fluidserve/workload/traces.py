@@ -97,6 +97,11 @@ def _show(value) -> str:
     return repr(str(value))
 
 
+#: the largest token count (or other integer) a trace row may hold; far above any context
+#: window, and below int64 overflow (1e30 would wrap to a negative length).
+MAX_TOKENS = 10**9
+
+
 def numeric_column(
     df: pd.DataFrame, name: str, path: Path | str, *, integer: bool, min_value: float = 0
 ) -> np.ndarray:
@@ -112,7 +117,7 @@ def numeric_column(
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(v) | (v < min_value)
         if integer:
-            bad |= v != np.floor(v)
+            bad |= (v != np.floor(v)) | (v > MAX_TOKENS)
     if bad.any():
         i = int(np.argmax(bad))
         value = raw.iloc[i]
@@ -125,6 +130,8 @@ def numeric_column(
             raise InputError(f"{where} is {_show(value)}, not a finite number")
         if v[i] < min_value:
             raise InputError(f"{where} is {_show(value)}, must be >= {_show(float(min_value))}")
+        if integer and v[i] > MAX_TOKENS:
+            raise InputError(f"{where} is {_show(value)}, above the limit of {MAX_TOKENS:,} tokens")
         raise InputError(f"{where} is {_show(value)}, not a whole number of tokens")
     return v.astype(np.int64) if integer else v
 

@@ -243,3 +243,63 @@ def test_large_noisy_profile_is_unbiased():
     for name in FOUR:
         lo, hi = res.ci_s[name]
         assert lo < getattr(TRUE, name) < hi, name
+
+
+# -- heteroscedasticity-consistent intervals and lack of fit (issue 13) ------------------------
+
+
+def _synthetic(rng, n=60, het=True):
+    import pandas as pd
+
+    d = rng.integers(1, 256, n)
+    kv = d * rng.integers(100, 2000, n)
+    p = np.where(rng.random(n) < 0.3, rng.integers(16, 2048, n), 0)
+    true = 0.006 + 2e-5 * p + 1e-5 * d + 5e-8 * kv
+    sd = (0.02 * true * (kv / kv.mean()) ** 1.5) if het else 0.001 * np.ones(n)
+    t = true + rng.normal(0, sd)
+    df = pd.DataFrame({"phase": "mixed", "batch_size": d + (p > 0), "prefill_tokens": p, "decode_tokens": d,
+                       "kv_tokens": kv, "time_ms": t * 1e3})
+    return df
+
+
+def test_hc3_intervals_cover_under_heteroscedastic_noise():
+    rng = np.random.default_rng(7)
+    hit_hc3 = hit_classic = 0
+    trials = 150
+    for _ in range(trials):
+        res = fit_batch_time(_synthetic(rng), "four", weighting="none")
+        lo, hi = res.ci_hc3_s["d2_kv_s"]
+        hit_hc3 += lo <= 5e-8 <= hi
+        lo, hi = res.ci_s["d2_kv_s"]
+        hit_classic += lo <= 5e-8 <= hi
+    # HC3 keeps close to its nominal 95% where the classical interval (constant variance) undercovers
+    assert hit_hc3 / trials >= 0.90
+    assert hit_classic / trials < hit_hc3 / trials - 0.08
+
+
+def test_lack_of_fit_from_repetition_spread():
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    p = np.repeat([0, 256, 1024, 4096], 6)
+    d = np.tile([1, 8, 32, 64, 128, 256], 4)
+    kv = d * 512
+    noise_sd = 2e-5  # seconds, per repetition
+    reps = 100
+
+    def profile(time_s):
+        mean = time_s + rng.normal(0, noise_sd / np.sqrt(reps), len(time_s))
+        return pd.DataFrame({"phase": "mixed", "batch_size": d + (p > 0), "prefill_tokens": p, "decode_tokens": d,
+                             "kv_tokens": kv, "time_ms": mean * 1e3, "reps": reps,
+                             "time_ms_p10": (mean - 1.2816 * noise_sd) * 1e3,
+                             "time_ms_p90": (mean + 1.2816 * noise_sd) * 1e3})
+
+    linear = 0.006 + 2e-5 * p + 1e-5 * d + 5e-8 * kv
+    ok = fit_batch_time(profile(linear), "four").lack_of_fit
+    assert ok["method"] == "replicate_spread" and ok["p_value"] > 0.001
+    # a quadratic prefill-attention cost the four-term model lacks: the residuals are not noise
+    bad = fit_batch_time(profile(linear + 4e-10 * p * p), "four").lack_of_fit
+    assert bad["p_value"] < 1e-6 and bad["ratio"] > 10
+    five = fit_batch_time(profile(linear + 4e-10 * p * p), "five")
+    assert five.coef_s["d3_prefill_attn_s"] == pytest.approx(4e-10, rel=0.05)
+    assert five.lack_of_fit["p_value"] > 0.001

@@ -115,32 +115,36 @@ def test_measures_ttft_token_gaps_and_delay(server):
     r = res.requests.set_index("req_id")
     assert (r["error"] == "").all() and (r["http_status"] == 200).all()
     assert list(r["tokens_received"]) == [6, 6, 3, 1]
-    # open loop: sent on schedule, not after earlier requests finished
+    # Timings: the server sleeps TTFT_S, then GAP_S between tokens. A client can never measure
+    # less than that (lower bounds are tight); a busy machine (client and server share this
+    # process and compete with other jobs) only makes things late, so upper bounds allow 0.5 s
+    # of scheduling delay. Precision on a quiet machine is bench/serve_load.py's business.
+    late = 0.5
+    # open loop: sent on schedule (the first request is not held back by the others)
     assert np.allclose(r["arrival_time"], [0.0, 0.1, 0.2, 0.3])
-    assert ((r["send_time"] - r["arrival_time"]).abs() < 0.04).all()
-    # TTFT = server's 0.2 s plus a little transport; never less
-    assert ((r["ttft"] >= TTFT_S - 0.005) & (r["ttft"] < TTFT_S + 0.06)).all(), r["ttft"]
-    # inter-token gaps = the server's 50 ms
+    assert ((r["send_time"] - r["arrival_time"]) < late).all() and (r["send_time"] >= r["arrival_time"] - 1e-3).all()
+    assert r["send_time"].iloc[-1] < r["completion_time"].iloc[0] + late  # not sent after the first finished
+    assert ((r["ttft"] >= TTFT_S - 0.005) & (r["ttft"] < TTFT_S + late)).all(), r["ttft"]
     gaps = res.token_gaps["gap_s"].dropna()
     assert len(gaps) == 5 + 5 + 2 + 0
-    assert np.median(gaps) == pytest.approx(GAP_S, abs=0.01)
-    assert ((gaps > GAP_S - 0.02) & (gaps < GAP_S + 0.04)).all(), gaps
-    assert r.loc[0, "tpot"] == pytest.approx(GAP_S, abs=0.012)
+    assert GAP_S - 0.005 <= np.median(gaps) < GAP_S + late
+    assert GAP_S - 0.005 <= r.loc[0, "tpot"] < GAP_S + late  # mean gap: never below the server's sleep
     assert np.isnan(r.loc[3, "tpot"])  # one token: no TPOT, as in the simulator
     expected_delay = TTFT_S + (np.array([6, 6, 3, 1]) - 1) * GAP_S
-    assert np.all(np.abs(r["total_delay"].to_numpy() - expected_delay) < 0.08)
+    assert np.all(r["total_delay"].to_numpy() >= expected_delay - 0.005)
+    assert np.all(r["total_delay"].to_numpy() < expected_delay + late)
     # prompts had exactly prefill tokens and asked for decode tokens, streamed, ignore_eos
     by_len = sorted((len(b["prompt"]), b["max_tokens"]) for b in log)
     assert by_len == [(5, 6), (17, 6), (33, 3), (64, 1)]
     assert all(b["stream"] and b["ignore_eos"] for b in log)
     # /metrics scraped while running, including a moment with requests in flight
     m = res.metrics
-    assert len(m) >= 5 and set(m["name"]) == {"vllm:num_requests_running"}
+    assert len(m) >= 2 and set(m["name"]) == {"vllm:num_requests_running"}
     assert m["value"].max() >= 2
     s = res.summary
     assert s["arrived"] == 4 and s["completed"] == 4 and s["errors"] == 0 and s["output_tokens"] == 16
     assert s["tokens_received"] == 16 and s["ttft_p50"] == pytest.approx(np.median(r["ttft"]))
-    assert s["token_gap_p50"] == pytest.approx(GAP_S, abs=0.01)
+    assert s["token_gap_p50"] == pytest.approx(np.median(gaps))
 
 
 def test_time_scale_and_errors_are_recorded(server):
@@ -233,3 +237,17 @@ def test_workload_from_config_or_csv(tmp_path):
     assert len(w) == 7 and (w.prefill_tokens >= 1).all() and (np.diff(w.arrival_time_s) >= 0).all()
     with pytest.raises(InputError, match="--max-requests"):
         loadclient.load_workload(str(cfg), None, 0)
+
+
+def test_schedule_warning_when_the_client_falls_behind():
+    from fluidserve.calibration.loadclient import schedule_warning
+
+    asked = np.arange(1000) / 200.0  # 200 req/s for 5 s
+    assert schedule_warning(asked, asked + 0.002) is None  # on time (2 ms late each)
+    late = np.arange(1000) / 38.0  # the case: 38 req/s actually sent
+    msg = schedule_warning(asked, late)
+    assert msg is not None and "sent 38.0 req/s of 200.0 req/s" in msg
+    assert f"{(late - asked).max():.2f} s late" in msg
+    one_late = asked.copy()
+    one_late[500] += 0.5  # a single stall of 0.5 s
+    assert "0.50 s late" in schedule_warning(asked, one_late)

@@ -50,7 +50,8 @@ def test_export_sets_point_sizes_and_restores_the_figure(tmp_path):
     assert (tmp_path / "f_3in.png").is_file()
 
 
-@pytest.mark.skipif(not HAVE_PDFLATEX, reason="PGF needs pdflatex (Debian: texlive-latex-base, texlive-pictures)")
+@pytest.mark.skipif(not HAVE_PDFLATEX, reason=f"PGF needs pdflatex and the LaTeX packages {', '.join(lx.TEX_PACKAGES)} "
+                                                f"(Debian: {lx.TEX_DEBIAN})")
 def test_pgf_export_compiles_in_a_latex_document(tmp_path):
     paths = export_figure(_figure(), tmp_path / "fig", formats=("pgf",))
     pgf = paths[0].read_text()
@@ -117,3 +118,32 @@ def test_any_table_is_structurally_valid_latex(rows):
 def test_empty_table_is_an_input_error():
     with pytest.raises(InputError, match="empty table"):
         table_latex(pd.DataFrame({"a": []}))
+
+
+FAKE_PARTIAL_TEX = """#!/bin/sh
+cat > /dev/null
+echo "! LaTeX Error: File \\`lmodern.sty' not found."
+exit 1
+"""
+
+
+def test_partial_tex_install_falls_back_to_pdf_naming_the_package(tmp_path, monkeypatch, caplog):
+    """pdflatex present but lmodern missing: PGF export names 'lmodern'; the sweep's export keeps the PDF."""
+    import os
+
+    from fluidserve.sweep import outputs
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pdflatex").write_text(FAKE_PARTIAL_TEX)
+    (bin_dir / "pdflatex").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(lx, "missing_tex_packages", lambda: [])  # as without kpsewhich
+    with pytest.raises(MissingDependencyError, match="LaTeX package 'lmodern' is not installed"):
+        export_figure(_figure(), tmp_path / "a", widths=("column",), formats=("pgf",))
+    assert not (tmp_path / "a_column.pgf").exists()
+    with caplog.at_level("WARNING"):
+        paths = outputs._export(_figure(), tmp_path / "b", ["pgf", "pdf"])
+    assert sorted(p.name for p in paths) == ["b_column.pdf", "b_text.pdf"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "lmodern" in warnings[0] and "PDF only" in warnings[0]

@@ -63,7 +63,7 @@ def test_write_result_files_columns_and_roundtrip(tmp_path, result, make_config)
     rej = pd.read_csv(exp / "rejected.csv")
     assert rej["reason"].tolist() == result.rejected["reason"].tolist()  # commas/quotes survive
     loaded = json.loads((exp / "summary.json").read_text())
-    assert loaded == summary == {**summarize(result), "config_name": "hand"}
+    assert loaded == summary == {**summarize(result), "config_name": "hand", "status": "complete"}
     back = config_from_dict(yaml.safe_load((exp / "config.yaml").read_text()))
     assert back.to_yaml_dict() == cfg.to_yaml_dict()
     txt = (exp / "summary.txt").read_text()

@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import yaml
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "lp_example.yaml"
 
@@ -20,6 +21,17 @@ A100 = {
     "batch_time": {"d0_s": 0.0115, "d1_prefill_s": 9.5e-5, "d1_decode_s": 8.0e-5, "d2_kv_s": 8.2e-8},
 }
 CHAT = {"name": "chat", "rate": 10.0, "prefill_tokens": [100, 100], "decode_tokens": [50, 50], "ttft_s": 1.0, "tpot_s": 0.1}
+
+
+def example_data() -> dict:
+    """The example config as a dict, its preset paths made absolute (so a copy can live elsewhere)."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    for pool in data["pools"]:
+        for section in ("batch_time", "energy"):
+            sec = pool.get(section) or {}
+            if "preset" in sec:
+                sec["preset"] = str((EXAMPLE.parent / sec["preset"]).resolve())
+    return data
 
 
 @pytest.fixture

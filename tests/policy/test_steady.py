@@ -64,3 +64,29 @@ def test_agrees_with_fluid_closed_forms():
     assert ss.rho == pytest.approx(ref["rho"], rel=1e-9)
     assert ss.tau_s == pytest.approx(ref["tau_s"], rel=1e-9)
     assert ss.running == pytest.approx(ref["running"], rel=1e-9)
+
+
+@pytest.mark.parametrize("rate,law,old_max", [
+    (14.0, LengthLaw((100, 1000), (50, 400)), 0.9),   # moderate load
+    (30.0, LengthLaw((300, 1500), (10, 60)), 0.8),    # prefill-heavy: most of the time in prompts
+])
+def test_mean_ttft_with_waiting_behind_prompts_matches_the_simulator(rate, law, old_max):
+    from fluidserve.policy.steady import mean_ttft_s
+
+    bt = BatchTimeModel(0.0053, 2.5e-5, 1.2e-5, 5e-8)
+    rng = np.random.default_rng(5)
+    n = 8000
+    arr = np.cumsum(rng.exponential(1 / rate, n))
+    p, d = law.sample(n, rng)
+    e = ReplicaEngine(bt, M_total=700000, B=4096, max_num_seqs=256, record_events=False, scheduler="vllm_v0")
+    for i in range(n):
+        e.submit(i, arr[i], int(p[i]), int(d[i]))
+    e.run()
+    req = collect([e]).requests
+    sim = req[req.arrival_time > 0.15 * arr[-1]].ttft.mean()
+    ss = steady_state(bt, [rate], [law], 16)
+    pred = mean_ttft_s(bt, np.array([rate]), [law], ss)[0]
+    assert pred == pytest.approx(sim, rel=0.08)
+    # the old model (2.5 mean steps + own prefill) misses the waiting behind other prompts
+    old = 2.5 * ss.tau_s + bt.d1_prefill_s * law.mean_prefill_tokens
+    assert old < old_max * sim

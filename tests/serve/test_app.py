@@ -27,6 +27,20 @@ def post(srv, path, body, **kw):
                       headers={"content-type": "application/json", **kw.pop("headers", {})}, timeout=30, **kw)
 
 
+def wait_idle(srv, timeout_s=60.0):
+    """Until the server's engine has no request running or waiting (polls /metrics)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = httpx.get(srv.url + "/metrics", timeout=10).text
+        busy = [line for line in text.splitlines()
+                if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting"))
+                and float(line.rsplit(" ", 1)[1]) > 0]
+        if not busy:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"server still busy after {timeout_s} s")
+
+
 def assert_openai_error(resp, status):
     assert resp.status_code == status, resp.text
     err = resp.json()["error"]
@@ -92,7 +106,7 @@ def test_lone_request_timing_matches_the_batch_time_model(shared_server):
     """Simulator records of a request on an idle server (vllm_v1): the prefill step samples token 1,
     then one decode step per further token."""
     client = client_for(shared_server)
-    time.sleep(0.2)  # let earlier tests' requests drain
+    wait_idle(shared_server)  # earlier tests' requests would share its steps
     P, D = 300, 6
     resp = client.completions.create(model=MODEL, prompt=list(range(P)), max_tokens=D)
     gid = int(resp.id.rsplit("-", 1)[1])
@@ -178,48 +192,58 @@ def _samples(parse, srv):
 
 
 def test_api_key_and_concurrency_limit(start_server):
-    srv = start_server(time_scale=0.02, extra_args=["--api-key", "s3cret", "--max-concurrency", "2"])  # ~0.2 s wall steps
+    # ~0.2 s wall steps: 20 tokens keep both streams open ~4 s, the margin for the 429 request on a busy machine
+    srv = start_server(time_scale=0.02, extra_args=["--api-key", "s3cret", "--max-concurrency", "2"])
     assert_openai_error(httpx.get(srv.url + "/v1/models", timeout=10), 401)
     with pytest.raises(openai.AuthenticationError):
         client_for(srv, "wrong").completions.create(model=MODEL, prompt="x", max_tokens=1)
     assert httpx.get(srv.url + "/health", timeout=10).status_code == 200  # open without a key
     client = client_for(srv, "s3cret")
-    streams = [client.completions.create(model=MODEL, prompt="x", max_tokens=3, stream=True) for _ in range(2)]
+    streams = [client.completions.create(model=MODEL, prompt="x", max_tokens=20, stream=True) for _ in range(2)]
     first = [next(iter(s)) for s in streams]  # both are in flight
     assert all(c.choices for c in first)
     resp = post(srv, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1},
                 headers={"authorization": "Bearer s3cret"})
     assert_openai_error(resp, 429)
     for s in streams:
-        assert len([c for c in s if c.choices]) == 2  # the rest of each stream
+        assert len([c for c in s if c.choices]) == 19  # the rest of each stream
     comp = client.completions.create(model=MODEL, prompt="x", max_tokens=1)
     assert comp.usage.completion_tokens == 1
 
 
 def _read_stream(srv, body, out):
+    out["started"] = threading.Event()
+    out["events"] = []
     with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as resp:
         out["status"] = resp.status_code
-        out["events"] = [line for line in resp.iter_lines() if line.startswith("data: ")]
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                out["events"].append(line)
+                out["started"].set()
 
 
 def test_sigint_drains_streams(start_server):
     """A stream that can finish within the grace period does; one that cannot ends with an error event."""
-    srv = start_server(time_scale=0.1, extra_args=["--shutdown-grace-s", "1.5"])  # ~45 ms wall per step
+    # ~45 ms wall per step: the short stream needs ~0.5 s of the 3 s grace (margin for a busy machine),
+    # the long one ~18 s
+    srv = start_server(time_scale=0.1, extra_args=["--shutdown-grace-s", "3"])
     short, long_ = {}, {}
     readers = [
-        threading.Thread(target=_read_stream, args=(srv, {"model": MODEL, "prompt": "x", "max_tokens": 20, "stream": True}, short)),
+        threading.Thread(target=_read_stream, args=(srv, {"model": MODEL, "prompt": "x", "max_tokens": 10, "stream": True}, short)),
         threading.Thread(target=_read_stream, args=(srv, {"model": MODEL, "prompt": "x", "max_tokens": 400, "stream": True}, long_)),
     ]
     for r in readers:
         r.start()
-    time.sleep(0.3)  # both streams are running; 20 tokens take < 1 s wall, 400 take ~18 s
+    deadline = time.monotonic() + 30
+    while not all("started" in o and o["started"].is_set() for o in (short, long_)) and time.monotonic() < deadline:
+        time.sleep(0.01)  # both streams are running
     srv.proc.send_signal(signal.SIGINT)
     for r in readers:
         r.join(30)
     assert srv.proc.wait(30) == 0
     for out in (short, long_):
         assert out["status"] == 200 and out["events"][-1] == "data: [DONE]"
-    assert len([e for e in short["events"] if '"choices":[{' in e]) == 20
+    assert len([e for e in short["events"] if '"choices":[{' in e]) == 10
     n_long = len([e for e in long_["events"] if '"choices":[{' in e])
     assert 0 < n_long < 400
     err = json.loads(long_["events"][-2][6:])["error"]

@@ -136,7 +136,7 @@ def test_freed_cached_blocks_are_evicted_lru():
 # ---------------------------------------------------------------- invariants (hypothesis)
 @st.composite
 def scenarios(draw):
-    n = draw(st.integers(1, 30))
+    n = draw(st.integers(1, 25))
     bs = draw(st.sampled_from([1, 4, 16]))
     reqs, t = [], 0.0
     for _ in range(n):
@@ -156,7 +156,7 @@ def scenarios(draw):
     return reqs, kw
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_invariants(scenario):
     reqs, kw = scenario

@@ -32,18 +32,6 @@ MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
 TIME_TOL_S = 1e-9
 
 
-def _has_vllm_v1_engine() -> bool:
-    from fluidserve.config import SystemConfig
-
-    return "scheduler" in SystemConfig.model_fields
-
-
-needs_engine = pytest.mark.skipif(
-    not _has_vllm_v1_engine(),
-    reason="fluidserve's vllm_v1 engine (issue 11: system.scheduler, StepRecord API) is not merged on this branch yet",
-)
-
-
 def _rows(path: Path) -> list[dict[str, str]]:
     with gzip.open(path, "rt", newline="") as f:
         return list(csv.DictReader(io.StringIO(f.read())))
@@ -104,10 +92,16 @@ def expected_steps(trace: list[dict], steps: list[dict[str, str]], bt: BatchTime
                 joined[i] = s
             decoding = decoding.union(added)
         emitted = decoding
+        admitted = sorted(_ids(row["new_ids"]) + _ids(row["resumed_ids"]))
+        hits = {}
+        for i in admitted:  # prefix-cache lookup at admission: num_tokens queried, k of them hit
+            hits[i] = (P[i] + outputs[i], P[i] + outputs[i] - 1)  # k if it runs as a decode (1 token left)
         chunks = []
         for c in row["prefill_chunks"].split(";") if row["prefill_chunks"] else []:
             i, k, n = (int(x) for x in c.split(":"))
             chunks.append((i, k, n))
+            if i in hits:
+                hits[i] = (hits[i][0], k)
             if k + n == P[i] + outputs[i]:  # a prefill chunk is never run by a decoding request
                 emitted = emitted | {i}
                 outputs[i] += 1
@@ -117,7 +111,7 @@ def expected_steps(trace: list[dict], steps: list[dict[str, str]], bt: BatchTime
         out.append({
             "start_s": start, "end_s": t_end, "prefill_tokens": p, "decode_tokens": d, "kv_tokens": kv,
             "prefill_attention_tokens": pa, "num_scheduled_reqs": int(row["num_scheduled_reqs"]),
-            "admitted": sorted(_ids(row["new_ids"]) + _ids(row["resumed_ids"])),
+            "admitted": admitted, "lookups": list(hits.values()),
             "preempted": _ids(row["preempted_ids"]), "finished": _ids(row["finished_ids"]),
             "emitted": emitted, "prefill_chunks": chunks,
         })
@@ -210,14 +204,14 @@ def _request_times(records: list, n: int) -> tuple[list[float], list[float], lis
     return first, finish, preempts
 
 
-@needs_engine
 @pytest.mark.parametrize("name", sorted(MANIFEST["scenarios"]))
 def test_engine_matches_vllm_scheduler(name):
     settings = MANIFEST["scenarios"][name]
     sc, bt, expected = golden(name)
     assert len(expected) == settings["num_steps"]
 
-    records = replay(make_engine(settings, bt), sc["trace"])
+    engine = make_engine(settings, bt)
+    records = replay(engine, sc["trace"])
     divergence = first_divergence(expected, records)
     assert divergence is None, f"{name} ({MANIFEST['vllm_version']}): {divergence}"
 
@@ -228,6 +222,16 @@ def test_engine_matches_vllm_scheduler(name):
         assert abs(finish[i] - float(row["finish_s"])) <= TIME_TOL_S, f"request {i} finish"
         assert preempts[i] == int(row["num_preemptions"]), f"request {i} preemptions"
     assert sum(preempts) == settings["num_preemptions"]
+
+    # prefix-cache hit rate: hit tokens / tokens looked up, over every admission (resumes included)
+    queried = sum(q for e in expected for q, _ in e["lookups"])
+    hit = sum(h for e in expected for _, h in e["lookups"])
+    engine_rate = engine.prefix_cache_hit_rate()
+    if settings["scheduler"]["enable_prefix_caching"]:
+        assert hit == settings["cached_tokens_total"]
+        assert engine_rate == pytest.approx(hit / queried, rel=1e-12, abs=0.0)
+    else:
+        assert hit == 0 and not engine_rate > 0  # nothing is looked up (vLLM reports no hit rate): NaN or 0
 
 
 def test_golden_runs_are_self_consistent():

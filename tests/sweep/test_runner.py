@@ -238,3 +238,28 @@ def test_vmap_does_not_stand_in_for_other_fluid_backends(write_sweep, tmp_path):
     want = fluid_metrics(fluid.solve(p.config, make_workload(p.config)))
     got = df.set_index("point_id").loc[p.point_id]
     assert got["mean_e2e_s"] == pytest.approx(want["mean_e2e_s"], rel=1e-12)
+
+
+
+def test_vmap_points_are_stored_in_even_chunks(write_sweep, tmp_path, monkeypatch):
+    """A kill loses at most one chunk: the runner asks vmap.run for even chunks and stores each."""
+    from types import SimpleNamespace
+
+    from fluidserve.sweep import runner, vmap
+
+    sweep = load_sweep(write_sweep(engines="fluid", axes=[
+        {"field": "workload.arrival_rate", "values": [100, 120, 140]},
+        {"field": "system.M_total", "values": [8000, 16000]}]))
+    asked = []
+
+    def fake_run(plan, batch, progress):
+        asked.append(batch)
+        for start in range(0, len(plan.points), batch):
+            yield [{"point_id": p.point_id, "engine": "fluid"} for p in plan.points[start:start + batch]]
+
+    stored = []
+    monkeypatch.setattr(vmap, "plan", lambda sw, points: SimpleNamespace(points=points))
+    monkeypatch.setattr(vmap, "run", fake_run)
+    monkeypatch.setattr(runner.store, "append_rows", lambda d, rows: stored.append(len(rows)))
+    report = run_sweep(sweep, tmp_path / "out", progress=False, vmap_batch=4)
+    assert asked == [3] and stored == [3, 3] and report.vmap_points == 6  # 6 points, ~4 a chunk: 2 of 3
