@@ -188,6 +188,7 @@ class Consts(NamedTuple):
     kmax: np.ndarray  # (G,) oldest lag wholly in the batch (0: none)
     kappa: np.ndarray  # (G,) step time per unit fresh admission rate [s per (request/step)]
     lag0: np.ndarray  # (6, G) per-unit fresh loads on the six constraints
+    kv_shared: np.ndarray  # cached shared-prefix tokens, held once (reported in the KV series) [tokens]
 
 
 class State(NamedTuple):
@@ -340,7 +341,7 @@ def step(xp, st: State, c: Consts):
     out = {
         "t0": st.t, "t1": t_new, "tau": xp.where(jump, 0.0, tau), "steps": xp.where(jump, 0.0, h * 1.0),
         "waiting": W_new.sum() + rc * H.sum(), "swapped": (1 - rc) * H.sum(),
-        "running": ld_end.sum(), "kv": (hist * c.wstack[_I["mem_end"]]).sum(),
+        "running": ld_end.sum(), "kv": (hist * c.wstack[_I["mem_end"]]).sum() + c.kv_shared,
         "kv_ctx": (hist * c.wstack[_I["ctx_end"]]).sum(),
         "done": (hist * c.w.done).sum(0), "admit": a * h, "returned": back.sum(), "victims": victims.sum(),
         "arrived": arr, "n_dec": ((hist * c.wstack[_I["dec_avg"]]).sum()) * h, "cls_run": ld_end,
@@ -450,6 +451,7 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
         empty_tol=f(EMPTY_FRACTION * max(float(cum[-1].sum()), 1e-12)),
         wstack=np.stack([getattr(w, k) for k in LOADS]), mem_pre=w.mem_last * w.pre, kmax=w.pre.sum(0),
         kappa=bt.d1_prefill_s * groups.computed_tokens + bt.d1_decode_s * w.dec_avg[0] + bt.d2_kv_s * w.ctx_avg[0],
+        kv_shared=f(shared_tokens),
         lag0=np.stack([np.ones(G), w.dec_last[0] + 1.0, w.mem_first[0], w.mem_last[0], groups.computed_tokens,
                        groups.computed_tokens + w.dec_last[0]]),
     )

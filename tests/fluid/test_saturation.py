@@ -21,7 +21,7 @@ T_S = 3.0
 
 
 def _throughputs(P, D, over):
-    cfg = cfg_with(**{"sim.record_events": False, "system.enable_prefix_caching": False, **over})
+    cfg = cfg_with(**{"sim.record_events": False, "system.enable_prefix_caching": False, "fluid.bin_s": 0.25, **over})
     n = int(3000 * T_S)
     wl = Workload(np.linspace(0, T_S, n), np.full(n, P), np.full(n, D))
     sim = simulate(cfg, wl)

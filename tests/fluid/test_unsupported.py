@@ -26,7 +26,7 @@ WL = Workload(np.linspace(0, 1, 20), np.full(20, 50), np.full(20, 10))
 )
 def test_unsupported_configs_raise(overrides, needle):
     with pytest.raises(UnsupportedError, match=needle):
-        fluid.solve(cfg_with(**overrides), WL)
+        fluid.solve(cfg_with(**{"fluid.bin_s": 0.1, **overrides}), WL)
 
 
 def test_round_robin_replicas_split_the_rate():
@@ -41,6 +41,6 @@ def test_round_robin_replicas_split_the_rate():
 def test_all_rejected_workload_is_an_input_error():
     from fluidserve.errors import InputError
 
-    wl = Workload(np.zeros(3), np.full(3, 5000), np.full(3, 10))
+    wl = Workload(np.linspace(0, 1, 3), np.full(3, 5000), np.full(3, 10))
     with pytest.raises(InputError, match="rejected"):
-        fluid.solve(cfg_with(), wl)
+        fluid.solve(cfg_with(**{"fluid.bin_s": 0.1}), wl)
