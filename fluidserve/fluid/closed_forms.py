@@ -122,6 +122,7 @@ def capacity_arrays(batch_time_model: BatchTimeModel, mean_prefill, mean_decode,
     K, Kb_ = np.asarray(mean_kv_per_request, float), np.asarray(mean_kv_memory_per_request, float)
     Lb_, Dd_ = batch_steps(D, scheduler)
     cap = np.asarray(f["capacity"](float(M_total), float(B), float(max_num_seqs), P, Dd_, Lb_, Kb_), float)
+    D = Dd_  # the work per request counts decode steps
     return {
         "work_s": np.asarray(f["work_per_request"](bt.d1_prefill_s, bt.d1_decode_s, bt.d2_kv_s, P, D, K), float),
         "capacity_per_step": cap,
@@ -147,8 +148,9 @@ def steady_state(batch_time_model: BatchTimeModel, arrival_rate: float, mean_pre
     Args:
         batch_time_model: the step-time coefficients.
         arrival_rate: lambda [req/s].
-        mean_prefill, mean_decode: mean P and D [tokens].
-        mean_kv_per_request: E[D*P + D*(D-1)/2], context tokens read over a request's decode.
+        mean_prefill, mean_decode: mean P and D (output tokens, vLLM's max_tokens) [tokens].
+        mean_kv_per_request: context tokens read over a request's decode steps (V0: D steps,
+            E[D*P + D*(D-1)/2]; V1: D - 1 steps).
         mean_kv_memory_per_request: block-rounded KV memory summed over the request's steps in the
             batch [token-steps] (:func:`fluidserve.fluid.classes.memory_steps_in_batch`: the
             prefill step's prompt blocks and each decode step's blocks after its growth token);
@@ -163,6 +165,8 @@ def steady_state(batch_time_model: BatchTimeModel, arrival_rate: float, mean_pre
     bt = batch_time_model
     kb = mean_kv_per_request if mean_kv_memory_per_request is None else mean_kv_memory_per_request
     f = _numeric()
+    Lb_, Dd_ = (float(x) for x in batch_steps(mean_decode, scheduler))
+    mean_decode = Dd_  # the work per request and the decoding mass count decode steps
     args = (bt.d0_s, bt.d1_prefill_s, bt.d1_decode_s, bt.d2_kv_s, arrival_rate, mean_prefill, mean_decode,
             mean_kv_per_request, kb)
     rho = f["rho"](*args)
@@ -173,7 +177,6 @@ def steady_state(batch_time_model: BatchTimeModel, arrival_rate: float, mean_pre
     else:
         out.update(tau_s=float("inf"), running=float("inf"), kv_tokens=float("inf"), kv_memory_tokens=float("inf"))
     if M_total is not None and B is not None and max_num_seqs is not None:
-        Lb_, Dd_ = (float(x) for x in batch_steps(mean_decode, scheduler))
         cap = f["capacity"](M_total, B, max_num_seqs, mean_prefill, Dd_, Lb_, kb)
         xmax = f["throughput_max"](bt.d0_s, bt.d1_prefill_s, bt.d1_decode_s, bt.d2_kv_s, mean_prefill,
                                    mean_decode, mean_kv_per_request, cap)

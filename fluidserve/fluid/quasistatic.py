@@ -32,7 +32,7 @@ import pandas as pd
 from fluidserve.errors import InputError
 from fluidserve.fluid.classes import _memory_steps, admissible, decode_edges, memory_steps_in_batch
 from fluidserve.fluid.closed_forms import capacity_arrays, tau_star_arrays
-from fluidserve.fluid.params import check_supported, replica_shares
+from fluidserve.fluid.params import check_supported_ode, replica_shares
 from fluidserve.fluid.result import SERIES_COLUMNS, FluidResult
 from fluidserve.fluid.solve import output_spacing
 
@@ -225,7 +225,7 @@ def solve_quasistatic(cfg, workload, batch_time=None, dt_out_s: float | None = N
     does not represent (as the ODE).
     """
     t_start = time.perf_counter()
-    check_supported(cfg)
+    check_supported_ode(cfg)
     bt = batch_time or cfg.batch_time_model()
     bin_s = float(cfg.fluid.bin_s)
     mix = bin_mix(workload, cfg, bin_s, pooled_mix, cfg.fluid.num_classes)

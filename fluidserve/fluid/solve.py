@@ -17,7 +17,7 @@ from fluidserve.fluid.classes import ClassTables
 from fluidserve.fluid.params import (
     FluidParams,
     build_params,
-    check_supported,
+    check_supported_ode,
     replica_shares,
 )
 from fluidserve.fluid.result import SERIES_COLUMNS, FluidResult
@@ -247,7 +247,7 @@ def solve(cfg, workload, backend: str | None = None, batch_time=None) -> "FluidR
         from fluidserve.fluid.stepclock_solve import solve_stepclock
 
         return solve_stepclock(cfg, workload, batch_time, impl="jax" if backend == "stepclock_jax" else "numpy")
-    check_supported(cfg)
+    check_supported_ode(cfg)
     # the binned backends spread each bin's arrivals over the bin: refuse windows shorter than one
     guards.check_fluid_window(cfg.fluid, window_s)
     if backend == "stepmap":

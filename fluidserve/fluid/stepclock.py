@@ -47,16 +47,21 @@ class Groups(NamedTuple):
 
     decode_tokens: np.ndarray  # representative D (mean of the group) [tokens]
     prefill_tokens: np.ndarray  # mean P of the group [tokens]
+    computed_tokens: np.ndarray  # mean prompt tokens computed (prefix-cache hits excluded) [tokens]
     share: np.ndarray  # fraction of admissible requests
     group_of: np.ndarray  # group index of each admissible request
     mask: np.ndarray  # admissible requests of the workload
 
 
 def make_groups(decode_tokens: np.ndarray, prefill_tokens: np.ndarray, mask: np.ndarray,
-                max_groups: int = MAX_GROUPS) -> Groups:
-    """Delay groups: every distinct D when there are at most ``max_groups``, else quantile bins."""
+                max_groups: int = MAX_GROUPS, cached_tokens: np.ndarray | None = None) -> Groups:
+    """Delay groups: every distinct D when there are at most ``max_groups``, else quantile bins.
+
+    ``cached_tokens``: prefix-cache hit of each request [tokens] (None: no prefix caching).
+    """
     D = np.asarray(decode_tokens)[mask].astype(float)
     P = np.asarray(prefill_tokens)[mask].astype(float)
+    hit = np.zeros_like(P) if cached_tokens is None else np.asarray(cached_tokens, float)[mask]
     values = np.unique(D)
     if len(values) <= max_groups:
         g = np.searchsorted(values, D)
@@ -72,6 +77,7 @@ def make_groups(decode_tokens: np.ndarray, prefill_tokens: np.ndarray, mask: np.
     cnt = cnt[keep]
     return Groups(
         decode_tokens=np.bincount(g, D) / cnt, prefill_tokens=np.bincount(g, P) / cnt,
+        computed_tokens=np.bincount(g, P - hit) / cnt,
         share=cnt / cnt.sum(), group_of=g, mask=np.asarray(mask),
     )
 
@@ -99,27 +105,32 @@ class Weights(NamedTuple):
     pre: np.ndarray
 
 
-def make_weights(D: np.ndarray, P: np.ndarray, h: int, rounding_tokens: float, first_token_in_prefill: bool) -> Weights:
+def make_weights(D: np.ndarray, P: np.ndarray, h: int, rounding_tokens: float, first_token_in_prefill: bool,
+                 P_memory: np.ndarray | None = None) -> Weights:
     """Eq. sc3: count (s, u) pairs at each age x and weigh them by the age functions.
 
-    A cohort admitted at u is in the batch at x = s - u = 0 (prefill) and x = 1..X with
-    X = D (V0) or D - 1 (V1); at x it decodes with context P + x - 1 (V0) or P + x (V1) tokens
-    and holds P + x (+1 in V1) block-rounded tokens during the step (P at the prefill step).
-    Fractional X (group means) weigh the last age by its fraction.
+    A cohort admitted at u is in the batch at x = s - u = 0 (prefill) and decodes at x = 1..X,
+    X = D (V0: the first token comes from decode iteration 0) or D - 1 (V1: the prefill step
+    samples it); at x it reads P + x - 1 context tokens and holds P + x block-rounded tokens
+    during the step (after its growth token; the prompt's blocks at the prefill step). It leaves
+    at the end of age X. Fractional X (group means) weigh the last age by its fraction.
+    ``P_memory``: prompt tokens that take blocks of their own (a shared cached prefix excluded).
     """
     D = np.asarray(D, float)
+    P = np.asarray(P, float)
+    Pm = P if P_memory is None else np.asarray(P_memory, float)
     X = D - (1.0 if first_token_in_prefill else 0.0)
-    off = 1.0 if first_token_in_prefill else 0.0
     L = int(np.ceil((X.max() + 2) / h)) + 2
     xs = np.arange(0, (L + 1) * h + 1, dtype=float)  # ages
-    # presence of a unit at age x >= 1 (fractional at the last age), shape (len(xs), G)
-    present = np.clip(X[None, :] - xs[:, None] + 1.0, 0.0, 1.0) * (xs[:, None] >= 1)
-    ctx = (P[None, :] + xs[:, None] - 1.0 + off) * present
-    mem_run = (P[None, :] + xs[:, None] + off + rounding_tokens) * present
-    mem_run[0] = P + rounding_tokens  # the prefill step holds the prompt's blocks
-    mem_hold = (P[None, :] + xs[:, None] - 1.0 + off + rounding_tokens) * present  # before growth
-    leave = present - np.vstack([present[1:], np.zeros((1, len(D)))])  # completes at the end of age x
-    leave[0] = 0.0
+    # in the batch at age x (x = 0: the prefill step; fractional at the last age), (len(xs), G)
+    inb = np.clip(X[None, :] - xs[:, None] + 1.0, 0.0, 1.0)
+    inb[0] = 1.0
+    present = inb * (xs[:, None] >= 1)  # decoding
+    ctx = (P[None, :] + xs[:, None] - 1.0) * present
+    mem_run = (Pm[None, :] + xs[:, None] + rounding_tokens) * present
+    mem_run[0] = Pm + rounding_tokens  # the prefill step holds the prompt's blocks
+    mem_hold = (Pm[None, :] + xs[:, None] - 1.0 + rounding_tokens) * present  # before growth
+    leave = inb - np.vstack([inb[1:], np.zeros((1, len(D)))])  # completes at the end of age x
     k = np.arange(L)[:, None]
     s_rel = np.arange(h)[None, :]  # steps of the macro step, relative to its start
     u_rel = np.arange(h)  # admission steps within a cohort's macro step
@@ -177,6 +188,7 @@ class Consts(NamedTuple):
     kmax: np.ndarray  # (G,) oldest lag wholly in the batch (0: none)
     kappa: np.ndarray  # (G,) step time per unit fresh admission rate [s per (request/step)]
     lag0: np.ndarray  # (6, G) per-unit fresh loads on the six constraints
+    kv_shared: np.ndarray  # cached shared-prefix tokens, held once (reported in the KV series) [tokens]
 
 
 class State(NamedTuple):
@@ -329,7 +341,7 @@ def step(xp, st: State, c: Consts):
     out = {
         "t0": st.t, "t1": t_new, "tau": xp.where(jump, 0.0, tau), "steps": xp.where(jump, 0.0, h * 1.0),
         "waiting": W_new.sum() + rc * H.sum(), "swapped": (1 - rc) * H.sum(),
-        "running": ld_end.sum(), "kv": (hist * c.wstack[_I["mem_end"]]).sum(),
+        "running": ld_end.sum(), "kv": (hist * c.wstack[_I["mem_end"]]).sum() + c.kv_shared,
         "kv_ctx": (hist * c.wstack[_I["ctx_end"]]).sum(),
         "done": (hist * c.w.done).sum(0), "admit": a * h, "returned": back.sum(), "victims": victims.sum(),
         "arrived": arr, "n_dec": ((hist * c.wstack[_I["dec_avg"]]).sum()) * h, "cls_run": ld_end,
@@ -358,7 +370,31 @@ def auto_stride(steps_estimate: float, steps_per_bin: float, target_macro_steps:
     return int(max(1, min(MAX_STRIDE, np.ceil(steps_estimate / target_macro_steps), np.floor(steps_per_bin / 4.0))))
 
 
-def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None = None, pooled_mix: bool = False):
+def prefix_hits(workload, system) -> tuple[np.ndarray, float]:
+    """Prefix-cache hits [tokens] per request and the shared prefix memory [tokens].
+
+    A request of prefix group g reuses the group's cached prefix in whole blocks, at most P - 1
+    tokens (vLLM computes at least the last prompt token): floor(min(L_g, P - 1) / bs) * bs; the
+    first request of a group computes it. The cached blocks are held once per group (as long as
+    the group has traffic the fluid keeps them resident: eviction is not modeled).
+    """
+    bs = system.block_size
+    grp = np.asarray(workload.prefix_group)
+    L = np.asarray(workload.prefix_length)
+    P = np.asarray(workload.prefill_tokens)
+    hit = (np.minimum(L, P - 1) // bs) * bs * (grp >= 0)
+    if not (grp >= 0).any():
+        return np.zeros(len(P)), 0.0
+    first = np.zeros(len(P), dtype=bool)
+    _, idx = np.unique(np.where(grp >= 0, grp, -1), return_index=True)
+    first[idx] = True
+    first &= grp >= 0
+    shared = float(sum((L[grp == gid].max() // bs) * bs for gid in np.unique(grp[grp >= 0])))
+    return np.where(first, 0, hit).astype(float), shared
+
+
+def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None = None, pooled_mix: bool = False,
+          target_macro_steps: float = TARGET_MACRO_STEPS):
     """(Consts, Groups, h) for one replica receiving ``share`` of the arrivals.
 
     ``pooled_mix``: every rate bin gets the workload's overall group mix (lengths i.i.d. in time,
@@ -373,7 +409,8 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
             f"workload '{workload.name}': every request is rejected by the engine "
             f"(KV blocks > {s.total_blocks} or prompt > B={s.B}); nothing for the fluid model to serve"
         )
-    groups = make_groups(workload.decode_tokens, workload.prefill_tokens, mask)
+    hits, shared_tokens = prefix_hits(workload, s) if getattr(s, "enable_prefix_caching", False) else (None, 0.0)
+    groups = make_groups(workload.decode_tokens, workload.prefill_tokens, mask, cached_tokens=hits)
     bin_s = float(cfg.fluid.bin_s)
     t_arr = workload.arrival_time_s[mask]
     nb = max(1, int(np.ceil((t_arr.max() + 1e-12) / bin_s)))
@@ -397,24 +434,26 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
         total = float(lam.sum() * bin_s)
         tau_guess = bt.d0_s + bt.d1_decode_s * min(s.max_num_seqs, 1.0 + total / max(nb * bin_s, 1e-9)
                                                    * bt.d0_s * groups.decode_tokens @ groups.share)
-        stride = auto_stride(nb * bin_s / max(tau_guess, 1e-6), bin_s / max(tau_guess, 1e-6))
+        stride = auto_stride(nb * bin_s / max(tau_guess, 1e-6), bin_s / max(tau_guess, 1e-6), target_macro_steps)
     h = int(stride)
-    w = make_weights(groups.decode_tokens, groups.prefill_tokens, h, (s.block_size - 1) / 2.0, v1)
+    w = make_weights(groups.decode_tokens, groups.prefill_tokens, h, (s.block_size - 1) / 2.0, v1,
+                     P_memory=groups.computed_tokens)
     L = w.dec_avg.shape[0]
     backdate = np.where(np.arange(L) >= 1, (np.arange(L) - 0.5) * h + 0.5, 0.0)
     f = np.float64
     c = Consts(
-        lam=lam, cum=cum, next_edge=nxt, bin_s=f(bin_s), P=groups.prefill_tokens, D=groups.decode_tokens,
+        lam=lam, cum=cum, next_edge=nxt, bin_s=f(bin_s), P=groups.computed_tokens, D=groups.decode_tokens,
         w=w, backdate=backdate, h=f(h), d0_s=f(bt.d0_s), d1_prefill_s=f(bt.d1_prefill_s),
         d1_decode_s=f(bt.d1_decode_s), d2_kv_s=f(bt.d2_kv_s),
         swap_s_per_token=f(s.kv_bytes_per_token / (s.swap_bandwidth_GBps * 1e9)),
-        M=f(s.total_blocks * s.block_size), B=f(s.B), S=f(s.max_num_seqs),
-        recompute=f(1.0 if s.mode == "recompute" else 0.0),
+        M=f(s.total_blocks * s.block_size - shared_tokens), B=f(s.B), S=f(s.max_num_seqs),
+        recompute=f(1.0 if (v1 or s.mode == "recompute") else 0.0),
         empty_tol=f(EMPTY_FRACTION * max(float(cum[-1].sum()), 1e-12)),
         wstack=np.stack([getattr(w, k) for k in LOADS]), mem_pre=w.mem_last * w.pre, kmax=w.pre.sum(0),
-        kappa=bt.d1_prefill_s * groups.prefill_tokens + bt.d1_decode_s * w.dec_avg[0] + bt.d2_kv_s * w.ctx_avg[0],
-        lag0=np.stack([np.ones(G), w.dec_last[0] + 1.0, w.mem_first[0], w.mem_last[0], groups.prefill_tokens,
-                       groups.prefill_tokens + w.dec_last[0]]),
+        kappa=bt.d1_prefill_s * groups.computed_tokens + bt.d1_decode_s * w.dec_avg[0] + bt.d2_kv_s * w.ctx_avg[0],
+        kv_shared=f(shared_tokens),
+        lag0=np.stack([np.ones(G), w.dec_last[0] + 1.0, w.mem_first[0], w.mem_last[0], groups.computed_tokens,
+                       groups.computed_tokens + w.dec_last[0]]),
     )
     return c, groups, h
 

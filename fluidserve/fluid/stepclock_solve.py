@@ -27,14 +27,13 @@ PROGRESS_AFTER_S = 2.0
 
 def check_supported_stepclock(cfg) -> None:
     """Raise UnsupportedError for what the step-clock model does not represent."""
-    if cfg.system.chunked_prefill:
-        raise UnsupportedError("fluid model (stepclock): system.chunked_prefill=true is not modeled yet")
-    if cfg.policy.victim_policy != "LIFO":
+    v1 = getattr(cfg.system, "scheduler", "vllm_v0") == "vllm_v1"
+    if not v1 and cfg.policy.victim_policy != "LIFO":
         raise UnsupportedError(
             f"fluid model: policy.victim_policy={cfg.policy.victim_policy} is not modeled "
             "(only LIFO keeps the arrival order that the transport model relies on)"
         )
-    if cfg.policy.queue_policy != "FCFS":
+    if cfg.policy.queue_policy != "FCFS":  # noqa: SIM102
         raise UnsupportedError(f"fluid model: policy.queue_policy={cfg.policy.queue_policy} is not modeled (FCFS only)")
 
 
@@ -151,6 +150,10 @@ def solve_stepclock(cfg, workload, batch_time=None, impl: str = "numpy", stride:
     delays = []
     arr_t = workload.arrival_time_s[groups.mask]
     P_adm = workload.prefill_tokens[groups.mask]
+    if getattr(cfg.system, "enable_prefix_caching", False):
+        P_comp = (workload.prefill_tokens - sc.prefix_hits(workload, cfg.system)[0])[groups.mask]
+    else:
+        P_comp = P_adm
     v1 = getattr(cfg.system, "scheduler", "vllm_v0") == "vllm_v1"
     R = len(sh)
     rep_of = _replica_of(len(arr_t), sh)
@@ -165,9 +168,12 @@ def solve_stepclock(cfg, workload, batch_time=None, impl: str = "numpy", stride:
         A_b = np.concatenate([[0.0], np.cumsum(o["admit"].sum(-1))])
         # a replica's run sees share * all arrivals: rescale its cumulative curves to its own requests
         frac = sel.sum() / max(a_b[-1], 1e-12)
-        delays.append(tails.request_delays(t_b, s_b, a_b * frac, A_b * frac, arr_t[sel], P_adm[sel],
+        left = float(cfg.system.B) - np.concatenate([[0.0], o["running"]])
+        budget = left if cfg.system.chunked_prefill else None
+        delays.append(tails.request_delays(t_b, s_b, a_b * frac, A_b * frac, arr_t[sel], P_comp[sel],
                                            D_adm[sel], float(bt.d0_s), float(bt.d1_prefill_s), v1,
-                                           seed=int(cfg.seed) + r, fluctuations=fluctuations).assign(decode_tokens=D_adm[sel]))
+                                           seed=int(cfg.seed) + r, fluctuations=fluctuations,
+                                           chunk_budget_tokens=budget, budget_tokens=left).assign(decode_tokens=D_adm[sel]))
     delays = pd.concat(delays, ignore_index=True)
     cols["virtual_waiting_s"] = np.interp(ts, np.sort(delays["arrival_s"].to_numpy()),
                                           delays.sort_values("arrival_s")["waiting"].to_numpy())

@@ -34,7 +34,8 @@ def _increasing(x: np.ndarray) -> np.ndarray:
 def request_delays(t_b: np.ndarray, s_b: np.ndarray, arrived_b: np.ndarray, admitted_b: np.ndarray,
                    arrival_s: np.ndarray, prefill_tokens: np.ndarray, decode_tokens: np.ndarray,
                    d0_s: float, d1_prefill_s: float, first_token_in_prefill: bool, seed: int = 0,
-                   fluctuations: bool = True) -> pd.DataFrame:
+                   fluctuations: bool = True, chunk_budget_tokens: np.ndarray | None = None,
+                   budget_tokens: np.ndarray | None = None) -> pd.DataFrame:
     """Per-request waiting, TTFT, TPOT and E2E [s] (eqs. sc10-sc11).
 
     Args:
@@ -45,6 +46,10 @@ def request_delays(t_b: np.ndarray, s_b: np.ndarray, arrived_b: np.ndarray, admi
         seed: seed of the evaluation of the step-fluctuation law (eq. sc11).
         fluctuations: False gives the fluid limit itself (n -> inf): every step lasts the local
             fluid step time and the residual is uniform over it (the crosscheck's reference).
+        chunk_budget_tokens: with chunked prefill, the token budget left to prefill at each
+            boundary (B minus the decoding requests) [tokens]: a prompt longer than that (with its
+            peers) is prefilled over several steps that each spend it (None: one prefill step).
+        budget_tokens: without chunking, the same budget left per boundary (for eq. sc12).
     """
     n = len(arrival_s)
     rng = np.random.default_rng(seed)
@@ -81,8 +86,28 @@ def request_delays(t_b: np.ndarray, s_b: np.ndarray, arrived_b: np.ndarray, admi
         start = arrival_s - u * tau_in
         end = start + tau_in
         wait = queue + (end - arrival_s)
-        tau_prefill = b + d1_prefill_s * prompts(start, end + 1e-12)  # its own prefill step, with its peers
+        peers = prompts(start, end + 1e-12)  # its prompt and its peers'
+        tau_prefill = b + d1_prefill_s * peers  # its own prefill step
+        if chunk_budget_tokens is not None:  # chunked prefill: several steps that spend the budget
+            left = np.maximum(np.interp(arrival_s, tb, chunk_budget_tokens), 1.0)
+            chunks = peers / left
+            tau_prefill = np.where(chunks > 1.0, chunks * (b + d1_prefill_s * left), tau_prefill)
         tau_first = b + d1_prefill_s * prompts(end, end + tau_prefill)  # V0: decode iteration 0
+        # eq. sc12: the prefill token queue on the actual arrivals (Lindley's recursion), served at
+        # the budget left by the decoding requests, full steps of b + d1p * budget seconds: a
+        # long prompt delays the prompts behind it (head-of-line, FCFS) beyond one step
+        left = np.maximum(np.interp(arrival_s, tb, chunk_budget_tokens), 1.0) if chunk_budget_tokens is not None \
+            else np.maximum(np.interp(arrival_s, tb, budget_tokens), 1.0) if budget_tokens is not None else None
+        if left is not None:
+            rate = left / (b + d1_prefill_s * left)  # prompt tokens per second at full budget
+            r_s, P_s = rate[order], P[order]
+            X = np.concatenate([[0.0], P_s[:-1] - r_s[1:] * np.diff(t_sorted)])
+            S = np.cumsum(X)
+            ahead = np.empty(n)
+            ahead[order] = S - np.minimum(0.0, np.minimum.accumulate(S))  # tokens ahead at arrival
+            wait = np.maximum(wait, queue + ahead / rate)
+            done_prefill = queue + (ahead + P) / rate
+            tau_prefill = np.maximum(tau_prefill, done_prefill - wait)
     else:
         wait = queue + (1.0 - u) * tau
         tau_prefill = tau_first = tau
