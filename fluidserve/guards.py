@@ -84,7 +84,9 @@ def check_fluid_sizes(fluid, window_s: float, num_classes: int | None = None, es
 
 
 def check_fluid_window(fluid, window_s: float) -> None:
-    """The fluid model sees a workload: its horizon and rate bins must cover the arrivals.
+    """The main job compares the fluid model with a whole run: its horizon and rate bins must
+    cover the arrivals (a shorter horizon is fine for ``fluid.solve`` itself, e.g. to look at a
+    window, but the run's throughput and delays cannot be compared on it).
 
     Raises :class:`~fluidserve.errors.UnsupportedError` (the main job then skips the fluid
     model with this reason and keeps the simulator's results).
@@ -128,17 +130,17 @@ def check_capacity(system, prefill_tokens, decode_tokens) -> str | None:
     if bad.all():
         if too_big.all():
             raise InputError(
-                f"system.M_total = {system.M_total:,} tokens ({system.total_blocks:,} blocks of {bs}) is below the "
+                f"system.M_total = {system.M_total:,} tokens ({system.total_blocks:,} usable blocks of {bs}) is below the "
                 f"smallest request ({int(need.min()):,} prompt + output tokens): every request would be rejected"
             )
         raise InputError(
-            f"every request would be rejected: {int(too_big.sum()):,} need more than system.M_total = {capacity:,} "
-            f"KV tokens, {int(too_long.sum()):,} have a prompt above system.B = {system.B:,} (chunked prefill off)"
+            f"every request would be rejected: {int(too_big.sum()):,} need more than the {capacity:,} KV tokens of "
+            f"system.M_total = {system.M_total:,}, {int(too_long.sum()):,} have a prompt above system.B = {system.B:,} (chunked prefill off)"
         )
     if bad.any():
         return (
             f"{int(bad.sum()):,} of {need.size:,} requests will be rejected: {int(too_big.sum()):,} need more than "
-            f"system.M_total = {capacity:,} KV tokens (largest {int(need.max()):,})"
+            f"the {capacity:,} KV tokens of system.M_total = {system.M_total:,} (largest {int(need.max()):,})"
             + (f", {int(too_long.sum()):,} have a prompt above system.B = {system.B:,}" if too_long.any() else "")
         )
     return None

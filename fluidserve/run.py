@@ -98,7 +98,12 @@ def _run_fluid(cfg, workload, result, exp_dir: Path, figures: bool) -> dict:
     except ImportError as exc:
         log(f"fluid model unavailable: {exc}")
         return {"status": "unavailable", "reason": str(exc)}
+    from fluidserve import guards
+
     try:
+        # the main job compares the fluid model with the whole simulated run: refuse windows it
+        # cannot model (a horizon before the last arrival, arrivals shorter than one rate bin)
+        guards.check_fluid_window(cfg.fluid, float(workload.arrival_time_s.max()))
         t0 = time.perf_counter()
         fres = fluid.solve(cfg, workload)
         solve_s = time.perf_counter() - t0

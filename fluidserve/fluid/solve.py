@@ -242,7 +242,6 @@ def solve(cfg, workload, backend: str | None = None, batch_time=None) -> "FluidR
 
     window_s = float(np.max(workload.arrival_time_s)) if len(workload) else 0.0
     guards.check_fluid_sizes(cfg.fluid, window_s)
-    guards.check_fluid_window(cfg.fluid, window_s)
     backend = backend or cfg.fluid.backend
     if backend == "stepmap":
         from fluidserve.fluid.stepmap import solve_stepmap
