@@ -1,5 +1,9 @@
 """Fluid model speed, measured in one run (print only; no timed tests).
 
+0. The step-clock model (``stepclock`` numpy and ``stepclock_jax`` compiled) on the Azure hour
+   (config/default.yaml with the Azure conv trace, vllm_v1) and on config/azure_conv.yaml, with the
+   simulator in the same run: speed-up ratios and the n = 1 errors of throughput, mean and p99
+   E2E / TTFT. ``--stepclock-only`` stops there.
 1. Azure conv trace replay: fluid solve (SciPy and JAX ODE backends, the quasi-static model and the
    step map) vs the discrete simulator on the
    same window, at scale n = 1 and at a scaled system n (sim cost grows with n, the fluid's does
@@ -28,7 +32,7 @@ def azure(window_s: float, stages: int, scale: int) -> None:
     from fluidserve.sim import simulate
     from fluidserve.workload import AZURE_CONV_SAMPLE, make_workload
 
-    cfg = load_config(ROOT / "config" / "default.yaml", {
+    cfg = load_config(ROOT / "config" / "seed_swapping.yaml", {
         "workload.source": "trace",
         "workload.trace": {"path": str(AZURE_CONV_SAMPLE), "format": "azure", "end_s": window_s},
         "fluid.bin_s": 10.0, "fluid.stages": stages, "fluid.dt_out_s": 1.0, "sim.record_events": False,
@@ -85,6 +89,48 @@ def azure(window_s: float, stages: int, scale: int) -> None:
           f"n={scale} {sim_n_s / sm_s:.2f}x")
 
 
+def stepclock(window_s: float) -> None:
+    from fluidserve import fluid
+    from fluidserve.config import load_config
+    from fluidserve.sim import simulate
+    from fluidserve.workload import AZURE_CONV_SAMPLE, make_workload
+
+    runs = {
+        f"Azure hour ({window_s:.0f} s, default.yaml)": load_config(ROOT / "config" / "default.yaml", {
+            "workload.source": "trace",
+            "workload.trace": {"path": str(AZURE_CONV_SAMPLE), "format": "azure", "end_s": window_s},
+            "fluid.bin_s": 10.0, "fluid.dt_out_s": 1.0, "sim.record_events": False}),
+        "azure_conv.yaml": load_config(ROOT / "config" / "azure_conv.yaml", {"sim.record_events": False}),
+    }
+    for name, cfg in runs.items():
+        wl = make_workload(cfg)
+        t0 = time.perf_counter()
+        sim = simulate(cfg, wl)
+        sim_s = time.perf_counter() - t0
+        done = sim.completed
+        print(f"{name}: {len(wl)} requests, {cfg.system.scheduler}, simulator n=1 {sim_s:.2f} s ({sim.num_steps} steps)")
+        for backend in ("stepclock", "stepclock_jax"):
+            t0 = time.perf_counter()
+            res = fluid.solve(cfg, wl, backend=backend)
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res = fluid.solve(cfg, wl, backend=backend)
+            fl_s = time.perf_counter() - t0
+            note = f" (first call {first:.2f} s, with compilation)" if backend == "stepclock_jax" else ""
+            print(f"  {backend}: {fl_s:.3f} s{note}, {res.summary['macro_steps']} macro steps of "
+                  f"{res.summary['step_stride']} engine steps; speed-up vs simulator {sim_s / fl_s:.1f}x")
+        pc = res.percentiles()
+        t_end = float(res.summary["arrival_window_s"])
+        x_sim = float((sim.requests["completion_time"] <= t_end).sum())
+        x_fl = float(np.interp(t_end, res.t_s, res["completed"]))
+        rows = [("throughput (completed by the window end)", x_fl, x_sim)]
+        for key, col in (("e2e", "total_delay"), ("ttft", "ttft")):
+            rows += [(f"mean {key}", pc[key]["mean"], float(done[col].mean())),
+                     (f"p99 {key}", pc[key]["p99"], float(done[col].quantile(0.99)))]
+        for label, f, s_ in rows:
+            print(f"    {label:<42} fluid {f:10.4f}  sim {s_:10.4f}  error {f / s_ - 1:+.1%}")
+
+
 def sweep(points: int) -> None:
     from fluidserve.config import load_config
     from fluidserve.fluid.jax_backend import _jax, solve_fixed, to_jax
@@ -94,7 +140,7 @@ def sweep(points: int) -> None:
 
     jax = _jax()
     jnp = jax.numpy
-    cfg = load_config(ROOT / "config" / "default.yaml", {"fluid.num_classes": 2, "fluid.bin_s": 100.0})
+    cfg = load_config(ROOT / "config" / "seed_swapping.yaml", {"fluid.num_classes": 2, "fluid.bin_s": 100.0})
     rng = np.random.default_rng(3)
     wl = Workload(np.sort(rng.random(2000)) * 99.0, rng.integers(20, 200, 2000), rng.integers(2, 13, 2000))
     p, tables = build_params(cfg, wl)
@@ -128,7 +174,11 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=10000)
     ap.add_argument("--skip-azure", action="store_true")
     ap.add_argument("--skip-sweep", action="store_true")
+    ap.add_argument("--stepclock-only", action="store_true", help="only part 0 (the step-clock model)")
     args = ap.parse_args()
+    stepclock(3600.0)
+    if args.stepclock_only:
+        return
     if not args.skip_sweep:
         sweep(args.points)
     if not args.skip_azure:

@@ -92,10 +92,9 @@ class BatchTimeModel:
             + self.d1_prefill_s * prefill_tokens
             + self.d1_decode_s * decode_tokens
             + self.d2_kv_s * kv_tokens
+            + self.d3_prefill_attn_s * prefill_attention_tokens
         )
-        if self.d3_prefill_attn_s:
-            t = t + self.d3_prefill_attn_s * prefill_attention_tokens
-        if self.moe_expert_s:
+        if self.moe_num_experts:  # structure (an int), not a coefficient: no branch on traced values
             t = t + self.moe_expert_s * self.expected_experts(prefill_tokens + decode_tokens)
         return t
 
@@ -116,14 +115,13 @@ class BatchTimeModel:
 
         A request with prompt P and D decode iterations costs d1_prefill*P once, d1_decode
         per decode iteration, and d2 times its context P + j at decode iteration j=0..D-1:
-        ``d1_prefill*P + d1_decode*D + d2*(D*P + D*(D-1)/2)``.
+        ``d1_prefill*P + d1_decode*D + d2*(D*P + D*(D-1)/2) + d3*P^2`` (the prompt as one chunk).
         """
         p = prefill_tokens
         d = decode_tokens
-        w = self.d1_prefill_s * p + self.d1_decode_s * d + self.d2_kv_s * (d * p + d * (d - 1) / 2.0)
-        if self.d3_prefill_attn_s:  # the prompt as one chunk: c * (k + c) = P^2
-            w = w + self.d3_prefill_attn_s * p * p
-        return w
+        # the prompt's attention pairs as one chunk: c * (k + c) = P^2
+        return (self.d1_prefill_s * p + self.d1_decode_s * d + self.d2_kv_s * (d * p + d * (d - 1) / 2.0)
+                + self.d3_prefill_attn_s * p * p)
 
     def scaled(self, n: float) -> "BatchTimeModel":
         """The fluid-scaling family: per-token coefficients divided by ``n`` (d0 and the MoE term kept)."""

@@ -148,8 +148,17 @@ class BatchTimeConfig(_Strict):
 
 
 class PolicyConfig(_Strict):
-    queue_policy: Literal["FCFS", "priority"] = "FCFS"
+    queue_policy: Literal["FCFS", "priority", "shortest_predicted"] = Field(
+        "FCFS", description="FCFS; priority (vLLM's, lowest value first); shortest_predicted: shortest predicted "
+        "output first with aging (fluidserve/sim/length_aware.py)")
     victim_policy: Literal["LIFO", "FIFO", "random", "LRU"] = "LIFO"
+    length_predictor: str = Field(
+        "exact", description="output-length predictions for shortest_predicted / least_predicted_work: exact "
+        "(the true max_tokens), noisy (true x exp(N(0, prediction_noise^2))), or a predictor file from "
+        "'fluidserve predict fit'")
+    prediction_noise: float = Field(0.0, ge=0, description="sigma of the log-normal noise of length_predictor: noisy")
+    aging_tokens_per_s: float = Field(
+        50.0, ge=0, description="shortest_predicted: predicted tokens of rank a waiting request gains per second")
 
 
 class MMPPConfig(_Strict):
@@ -181,7 +190,7 @@ class SharedPrefixConfig(_Strict):
     """Shared system prompts: each request gets one of ``num_groups`` prompts of
     ``system_prompt_len`` tokens followed by ``question_len`` (inclusive range) private tokens."""
 
-    num_groups: int = Field(..., ge=1)
+    num_groups: int = Field(..., ge=1, description="number of distinct shared system prompts (prefix groups)")
     system_prompt_len: int = Field(..., ge=1, description="tokens of each group's shared system prompt")
     question_len: tuple[int, int] = Field(..., description="[lo, hi] private prompt tokens after it")
 
@@ -220,7 +229,7 @@ class WorkloadConfig(_Strict):
 
 class ClusterConfig(_Strict):
     replicas: int = Field(1, ge=1)
-    router: Literal["round_robin", "least_loaded", "weighted"] = "round_robin"
+    router: Literal["round_robin", "least_loaded", "weighted", "least_kv", "least_predicted_work"] = "round_robin"
     weights: list[float] | None = None
 
     @model_validator(mode="after")
@@ -255,8 +264,9 @@ SOLVE_IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 class FluidConfig(_Strict):
     enabled: bool = True
     num_classes: int = Field(4, ge=1, le=64, description="request classes K (quantile bins of a trace)")
-    backend: Literal["scipy", "jax", "stepmap", "quasistatic"] = Field(
-        "scipy", description="scipy / jax: the ODE; stepmap: the exact discrete-time limit (one iteration per "
+    backend: Literal["stepclock", "stepclock_jax", "scipy", "jax", "stepmap", "quasistatic"] = Field(
+        "stepclock", description="stepclock / stepclock_jax: the step-clock transport model (numpy / compiled "
+        "JAX); scipy / jax: the Erlang-stage ODE; stepmap: the exact discrete-time limit (one iteration per "
         "engine step); quasistatic: each rate bin at its steady state plus a fluid queue")
     method: str = Field("RK45", description="solve_ivp method of the scipy backend (RK45 measured fastest; LSODA, BDF also work)")
     rtol: float = Field(1e-6, gt=0)
@@ -265,6 +275,7 @@ class FluidConfig(_Strict):
     horizon_s: float | None = Field(None, gt=0, description="solve horizon, s; default: last arrival + drain time")
     stages: int | None = Field(None, ge=1, description="decode stages per class (None: exact, one per token)")
     dt_out_s: float | None = Field(None, gt=0, description="fluid output spacing, s (None: window/2000 in [0.01, 1])")
+    step_stride: int | None = Field(None, ge=1, description="stepclock: engine steps per macro step (None: auto; 1: exact step map)")
 
     @field_validator("method")
     @classmethod

@@ -84,19 +84,19 @@ def check_fluid_sizes(fluid, window_s: float, num_classes: int | None = None, es
 
 
 def check_fluid_window(fluid, window_s: float) -> None:
-    """The main job compares the fluid model with a whole run: its horizon and rate bins must
-    cover the arrivals (a shorter horizon is fine for ``fluid.solve`` itself, e.g. to look at a
-    window, but the run's throughput and delays cannot be compared on it).
+    """The fluid model sees a workload: its horizon and rate bins must cover the arrivals.
 
     Raises :class:`~fluidserve.errors.UnsupportedError` (the main job then skips the fluid
     model with this reason and keeps the simulator's results).
     """
     from fluidserve.errors import UnsupportedError
 
-    if fluid.horizon_s is not None and fluid.horizon_s < window_s:
+    if fluid.horizon_s is not None and fluid.horizon_s < min(window_s, fluid.bin_s):
+        # a horizon inside the arrival window is a legitimate zoom (the first 30 s of a run), but
+        # one shorter than a rate bin sees no complete bin (it made throughput_rel_err read 1.5e15)
         raise UnsupportedError(
-            f"fluid.horizon_s = {fluid.horizon_s:g} s ends before the last arrival at {window_s:.3g} s; "
-            "leave it unset (arrivals + drain) or give at least the arrival window"
+            f"fluid.horizon_s = {fluid.horizon_s:g} s is shorter than one rate bin (fluid.bin_s = {fluid.bin_s:g} s) "
+            f"and than the arrival window ({window_s:.3g} s); leave it unset (arrivals + drain) or give at least one bin"
         )
     if window_s <= 0:
         raise UnsupportedError("all arrivals are at one instant (arrival window 0 s): the fluid model needs "
@@ -130,17 +130,17 @@ def check_capacity(system, prefill_tokens, decode_tokens) -> str | None:
     if bad.all():
         if too_big.all():
             raise InputError(
-                f"system.M_total = {system.M_total:,} tokens ({system.total_blocks:,} usable blocks of {bs}) is below the "
+                f"system.M_total = {system.M_total:,} tokens ({system.total_blocks:,} blocks of {bs}) is below the "
                 f"smallest request ({int(need.min()):,} prompt + output tokens): every request would be rejected"
             )
         raise InputError(
-            f"every request would be rejected: {int(too_big.sum()):,} need more than the {capacity:,} KV tokens of "
-            f"system.M_total = {system.M_total:,}, {int(too_long.sum()):,} have a prompt above system.B = {system.B:,} (chunked prefill off)"
+            f"every request would be rejected: {int(too_big.sum()):,} need more than system.M_total = {system.M_total:,} "
+            f"({capacity:,} usable KV tokens), {int(too_long.sum()):,} have a prompt above system.B = {system.B:,} (chunked prefill off)"
         )
     if bad.any():
         return (
             f"{int(bad.sum()):,} of {need.size:,} requests will be rejected: {int(too_big.sum()):,} need more than "
-            f"the {capacity:,} KV tokens of system.M_total = {system.M_total:,} (largest {int(need.max()):,})"
+            f"system.M_total = {system.M_total:,} ({capacity:,} usable KV tokens; largest request {int(need.max()):,})"
             + (f", {int(too_long.sum()):,} have a prompt above system.B = {system.B:,}" if too_long.any() else "")
         )
     return None

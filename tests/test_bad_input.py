@@ -23,6 +23,10 @@ BASE = yaml.safe_load((ROOT / "config" / "seed_swapping.yaml").read_text())
 BASE["workload"]["num_requests"] = 200
 
 
+# the seed's semantics, which the scipy / jax / stepmap / quasistatic fluid backends follow
+SEED_FLUID = {"system__scheduler": "vllm_v0", "system__enable_prefix_caching": False, "system__chunked_prefill": False}
+
+
 def config(**patch) -> str:
     """config/seed_swapping.yaml (200 requests) with ``a__b=value`` patches, as YAML text."""
     data = json.loads(json.dumps(BASE))
@@ -148,14 +152,18 @@ def run_json(tmp_path, monkeypatch, capsys, files: dict, *extra) -> tuple[dict, 
     ],
 )
 def test_fluid_stage_refuses_windows_it_cannot_model(tmp_path, monkeypatch, capsys, patch, named):
-    summary, err = run_json(tmp_path, monkeypatch, capsys, {"cfg.yaml": config(**patch)})
+    # the binned (seed-semantics) scipy backend; the step-clock backend uses the arrivals themselves
+    cfg = config(**patch, **SEED_FLUID, fluid__backend="scipy")
+    summary, err = run_json(tmp_path, monkeypatch, capsys, {"cfg.yaml": cfg})
     assert summary["completed"] == 200 and summary["status"] == "complete"
     assert summary["fluid"]["status"] == "skipped"
     assert named in summary["fluid"]["reason"] and named in err
 
 
 def test_fluid_runs_when_bins_fit_the_window(tmp_path, monkeypatch, capsys):
-    summary, _ = run_json(tmp_path, monkeypatch, capsys, {"cfg.yaml": config(fluid__bin_s=0.1)})
+    # system.scheduler vllm_v0: the fluid backends of this test follow the seed's semantics
+    cfg = config(fluid__bin_s=0.1, **SEED_FLUID)
+    summary, _ = run_json(tmp_path, monkeypatch, capsys, {"cfg.yaml": cfg})
     assert summary["fluid"]["status"] == "ok"
 
 
@@ -174,7 +182,7 @@ def test_some_requests_too_large_warns_with_the_count(tmp_path, monkeypatch, cap
     files = {"t.csv": TRACE + "0,10,10\n1,100,100\n2,10,20\n", "cfg.yaml": trace_config("t.csv", system__M_total=160)}
     summary, err = run_json(tmp_path, monkeypatch, capsys, files, "--no-fluid")
     assert summary["rejected"] == 1 and summary["completed"] == 2
-    assert "warning: 1 of 3 requests will be rejected" in err and "system.M_total = 160" in err and "largest 200" in err
+    assert "warning: 1 of 3 requests will be rejected" in err and "system.M_total = 160" in err and "largest request 200" in err
 
 
 def test_experiments_list_marks_corrupt_and_incomplete(tmp_path, capsys):
@@ -203,7 +211,7 @@ def test_crosscheck_uses_the_configs_stepmap_backend(tmp_path):
     from fluidserve.fluid import crosscheck, scaling
     from fluidserve.workload import make_workload
 
-    cfg = config_from_dict(yaml.safe_load(config(fluid__backend="stepmap")))
+    cfg = config_from_dict(yaml.safe_load(config(fluid__backend="stepmap", **SEED_FLUID)))
     scenario = crosscheck.scenario_config(cfg, "underloaded")
     reference = scaling.reference_workload(scenario, make_workload(scenario))
     fres = crosscheck.solve_reference(scenario, reference, None)

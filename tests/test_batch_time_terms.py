@@ -48,3 +48,14 @@ def test_vectorized():
 def test_bad_moe_structure():
     with pytest.raises(InputError, match="moe_top_k"):
         BatchTimeModel(0.01, 0, 0, moe_expert_s=1e-3, moe_num_experts=8, moe_top_k=0)
+
+
+def test_jax_traceable():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    m = BatchTimeModel(0.01, 1e-4, 2e-4, 1e-7, 1e-9, 1e-3, 8, 2)
+    f = jax.jit(lambda p, d: m.step_time(p, d, 0.0, 0.0))
+    out = f(jnp.array([0.0, 100.0]), jnp.array([4.0, 4.0]))
+    # 4 decode tokens: 8 * (1 - 0.75^4) = 5.4688 experts; 104 tokens: all 8
+    assert float(out[0]) == pytest.approx(0.01 + 8e-4 + 5.46875e-3, rel=1e-5)
+    assert float(out[1]) == pytest.approx(0.01 + 0.01 + 8e-4 + 8e-3, rel=1e-5)

@@ -99,10 +99,12 @@ def fit_step_energy(profile_df: pd.DataFrame, idle_w: float | None = None, confi
     scale = np.abs(x).max(axis=0)
     scale[scale == 0] = 1.0
     xu = x / scale
-    keep = [j for j in range(k_all) if np.any(x[:, j])]
+    keep: list[int] = []  # columns that each add rank to the ones kept before them
+    for j in range(k_all):
+        if np.any(x[:, j]) and np.linalg.matrix_rank(xu[:, keep + [j]]) == len(keep) + 1:
+            keep.append(j)
     if 0 not in keep:
         raise InputError(f"{source}: time_s is all zero")
-    keep = [j for j in keep if np.linalg.matrix_rank(xu[:, [q for q in keep if q <= j]]) == len([q for q in keep if q <= j])]
     if n < len(keep) + 2:
         raise InputError(f"{source}: {n} rows are too few to fit {len(keep)} energy coefficient(s)")
     w = 1.0 / y

@@ -53,7 +53,7 @@ BOUNDS = {
 #: fitted parameters that belong to the serving preset rather than to ``Efficiency``
 SERVING_FIELDS = ("request_overhead_s", "first_token_lag_steps")
 DEFAULT_FIT = ("memory", "compute", "step_overhead_s", "request_overhead_s", "first_token_lag_steps")
-FIT_STAGE_S = 120.0
+FIT_STAGE_S = 90.0
 
 
 def _preset(gpu: str, base: ServingPreset, names: Sequence[str], x: np.ndarray) -> ServingPreset:
@@ -129,8 +129,8 @@ def fit_efficiencies(runs: Sequence[Run], models: Sequence[specs.ModelSpec], gpu
     # (diff_step * u) is then 1-2% of each range, large enough to see through the simulation's
     # event-order noise, for parameters that start near their lower bound too
     u0 = 1.0 + (x0 - lo) / scale
-    sol = least_squares(residuals, u0, bounds=(1.0, 2.0), diff_step=0.01, x_scale=1.0, xtol=1e-3, ftol=1e-4,
-                        max_nfev=20)
+    sol = least_squares(residuals, u0, bounds=(1.0, 2.0), diff_step=0.01, x_scale=1.0, xtol=2e-3, ftol=3e-3,
+                        max_nfev=8)
     if bar is not None:
         bar.close()
     x = lo + (sol.x - 1.0) * scale

@@ -294,11 +294,11 @@ async def run_load_async(workload: Workload, settings: LoadSettings, power_monit
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(_one_request(client, settings, i, float(a), int(p), int(d), t0)))
+            if on_request is not None:  # as soon as the request ends, even while later ones are still sent
+                tasks[-1].add_done_callback(_report_to(on_request))
         results = []
         for n, fut in enumerate(asyncio.as_completed(tasks), 1):
             results.append(await fut)
-            if on_request is not None:
-                on_request(*results[-1])
             if progress:
                 print(f"\rcompleted {n}/{len(tasks)}", end="", file=sys.stderr)
         if progress:
@@ -327,6 +327,14 @@ async def run_load_async(workload: Workload, settings: LoadSettings, power_monit
         tokens = summary["tokens_received"]
         summary["energy_per_output_token_j"] = power_monitor.energy_j / tokens if tokens else None
     return LoadResult(requests, gaps, metrics, summary, power_monitor)
+
+
+def _report_to(on_request):
+    def done(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is None:
+            on_request(*task.result())
+
+    return done
 
 
 def run_load(workload: Workload, settings: LoadSettings, power_monitor=None, progress: bool = False,

@@ -188,3 +188,18 @@ def _memory_steps(P: np.ndarray, D: np.ndarray, bs: int) -> np.ndarray:
 
     a = P - 1
     return bs * (F(a + D) - F(a) + D)
+
+
+def memory_steps_in_batch(P: np.ndarray, D: np.ndarray, bs: int, scheduler: str = "vllm_v0") -> np.ndarray:
+    """Block-rounded KV memory a request holds, summed over its steps in the batch [token-steps].
+
+    vLLM V0 (this package's engine): the prefill step holds ceil(P/bs) blocks; decode iteration j
+    (j = 0..D-1) holds ceil((P + j + 1)/bs) blocks after its growth token. vLLM V1: the prefill
+    step samples the first token; the D - 1 decode steps that follow hold ceil((P + 1 + j)/bs)
+    blocks, j = 0..D-2.
+    """
+    P = np.asarray(P, dtype=np.int64)
+    D = np.asarray(D, dtype=np.int64)
+    first = bs * (-(-P // bs))
+    n_dec = D if scheduler != "vllm_v1" else np.maximum(D - 1, 0)
+    return first + _memory_steps(P + 1, n_dec, bs)

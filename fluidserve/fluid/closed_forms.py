@@ -26,6 +26,9 @@ d0, d1p, d1d, d2 = sp.symbols("d_0 d_{1p} d_{1d} d_2", positive=True)
 lam = sp.Symbol("lambda", positive=True)
 Pbar, Dbar, Kbar, Kb = sp.symbols(r"\bar{P} \bar{D} \bar{K} \bar{K}_b", positive=True)
 M, B, S = sp.symbols("M B S_{max}", positive=True)
+# per scheduler: steps a request spends in the batch (V0: prefill step + D decode steps; V1: the
+# prefill step samples the first token, D steps in all) and its decode tokens in the budget
+Lb, Dd = sp.symbols(r"L_b D_d", positive=True)
 tau, c = sp.symbols("tau c", positive=True)
 c_star_sym = sp.Symbol("c^*", positive=True)
 rho_sym = sp.Symbol("rho", positive=True)
@@ -41,7 +44,7 @@ def derive() -> dict[str, sp.Expr]:
     tau_star = sp.simplify(sp.solve(balance, tau)[0])
     assert sp.simplify(tau_star - d0 / (1 - rho)) == 0
     per_step = lam * tau_star
-    c_star = sp.Min(M / Kb, B / (Pbar + Dbar), S / Dbar)
+    c_star = sp.Min(M / Kb, B / (Pbar + Dd), S / Lb)
     # capacity-bound: a step admits c requests -> tau = d0 + c w, throughput c / tau
     tau_cap = d0 + c * w
     x_max = c / tau_cap
@@ -74,7 +77,7 @@ def _numeric():
     f = {k: sp.lambdify(args, e[k], "math") for k in ("rho", "tau_star", "running", "kv_tokens", "kv_memory")}
     cap_args = (d0, d1p, d1d, d2, Pbar, Dbar, Kbar, c)
     f["throughput_max"] = sp.lambdify(cap_args, e["throughput_max"], "math")
-    f["capacity"] = sp.lambdify((M, B, S, Pbar, Dbar, Kb), e["capacity"], "math")
+    f["capacity"] = sp.lambdify((M, B, S, Pbar, Dd, Lb, Kb), e["capacity"], "math")
     return f
 
 
@@ -83,15 +86,32 @@ def _numeric_arrays():
     """The same sympy expressions as :func:`_numeric`, lambdified for numpy arrays."""
     e = derive()
     f = {"work_per_request": sp.lambdify((d1p, d1d, d2, Pbar, Dbar, Kbar), e["work_per_request"], "numpy")}
-    f["capacity"] = sp.lambdify((M, B, S, Pbar, Dbar, Kb), e["capacity"], "numpy")
+    f["capacity"] = sp.lambdify((M, B, S, Pbar, Dd, Lb, Kb), e["capacity"], "numpy")
     f["throughput_max"] = sp.lambdify((d0, d1p, d1d, d2, Pbar, Dbar, Kbar, c), e["throughput_max"], "numpy")
     f["tau_star"] = sp.lambdify((d0, d1p, d1d, d2, lam, Pbar, Dbar, Kbar), e["tau_star"], "numpy")
     return f
 
 
+def batch_steps(mean_decode, scheduler: str = "vllm_v0"):
+    """(L_b, D_d): steps a request spends in the batch and its decode tokens in the token budget.
+
+    vLLM V0 (this package's engine): one prefill step, then D decode steps (the first token at the
+    end of decode iteration 0): L_b = D + 1, D_d = D. vLLM V1: the prefill step samples the first
+    token: L_b = D, D_d = D - 1.
+    """
+    D = np.asarray(mean_decode, float)
+    if scheduler == "vllm_v1":
+        return D, D - 1.0
+    return D + 1.0, D
+
+
 def capacity_arrays(batch_time_model: BatchTimeModel, mean_prefill, mean_decode, mean_kv_per_request,
-                    mean_kv_memory_per_request, M_total: float, B: float, max_num_seqs: float) -> dict:
+                    mean_kv_memory_per_request, M_total: float, B: float, max_num_seqs: float,
+                    scheduler: str = "vllm_v0") -> dict:
     """Vectorized eqs. 17-19 over arrays of request mixes (one entry per mix, e.g. per time bin).
+
+    ``mean_kv_memory_per_request`` is the block-rounded memory a request holds summed over its
+    steps in the batch (:func:`fluidserve.fluid.classes.memory_steps_in_batch`).
 
     Returns arrays: ``work_s`` (w, seconds of step time per request), ``capacity_per_step`` (c*,
     requests admitted per step at the binding limit) and ``throughput_max`` (X_max, req/s).
@@ -100,7 +120,9 @@ def capacity_arrays(batch_time_model: BatchTimeModel, mean_prefill, mean_decode,
     f = _numeric_arrays()
     P, D = np.asarray(mean_prefill, float), np.asarray(mean_decode, float)
     K, Kb_ = np.asarray(mean_kv_per_request, float), np.asarray(mean_kv_memory_per_request, float)
-    cap = np.asarray(f["capacity"](float(M_total), float(B), float(max_num_seqs), P, D, Kb_), float)
+    Lb_, Dd_ = batch_steps(D, scheduler)
+    cap = np.asarray(f["capacity"](float(M_total), float(B), float(max_num_seqs), P, Dd_, Lb_, Kb_), float)
+    D = Dd_  # the work per request counts decode steps
     return {
         "work_s": np.asarray(f["work_per_request"](bt.d1_prefill_s, bt.d1_decode_s, bt.d2_kv_s, P, D, K), float),
         "capacity_per_step": cap,
@@ -119,15 +141,21 @@ def tau_star_arrays(batch_time_model: BatchTimeModel, rate, mean_prefill, mean_d
 
 def steady_state(batch_time_model: BatchTimeModel, arrival_rate: float, mean_prefill: float, mean_decode: float,
                  mean_kv_per_request: float, mean_kv_memory_per_request: float | None = None,
-                 M_total: float | None = None, B: float | None = None, max_num_seqs: float | None = None) -> dict:
+                 M_total: float | None = None, B: float | None = None, max_num_seqs: float | None = None,
+                 scheduler: str = "vllm_v0") -> dict:
     """Numeric underloaded steady state (eq. 17) and, given limits, stability and X_max (18-19).
 
     Args:
         batch_time_model: the step-time coefficients.
         arrival_rate: lambda [req/s].
-        mean_prefill, mean_decode: mean P and D [tokens].
-        mean_kv_per_request: E[D*P + D*(D-1)/2], context tokens read over a request's decode.
-        mean_kv_memory_per_request: E[sum_j b*ceil((P+j)/b)] [token-steps]; default: mean_kv.
+        mean_prefill, mean_decode: mean P and D (output tokens, vLLM's max_tokens) [tokens].
+        mean_kv_per_request: context tokens read over a request's decode steps (V0: D steps,
+            E[D*P + D*(D-1)/2]; V1: D - 1 steps).
+        mean_kv_memory_per_request: block-rounded KV memory summed over the request's steps in the
+            batch [token-steps] (:func:`fluidserve.fluid.classes.memory_steps_in_batch`: the
+            prefill step's prompt blocks and each decode step's blocks after its growth token);
+            default: mean_kv.
+        scheduler: "vllm_v0" or "vllm_v1" (:func:`batch_steps`): the sequence and token caps.
         M_total, B, max_num_seqs: limits; when all given, ``capacity``, ``throughput_max``,
             ``lambda_transition`` and ``stable`` are added.
 
@@ -137,6 +165,8 @@ def steady_state(batch_time_model: BatchTimeModel, arrival_rate: float, mean_pre
     bt = batch_time_model
     kb = mean_kv_per_request if mean_kv_memory_per_request is None else mean_kv_memory_per_request
     f = _numeric()
+    Lb_, Dd_ = (float(x) for x in batch_steps(mean_decode, scheduler))
+    mean_decode = Dd_  # the work per request and the decoding mass count decode steps
     args = (bt.d0_s, bt.d1_prefill_s, bt.d1_decode_s, bt.d2_kv_s, arrival_rate, mean_prefill, mean_decode,
             mean_kv_per_request, kb)
     rho = f["rho"](*args)
@@ -147,12 +177,12 @@ def steady_state(batch_time_model: BatchTimeModel, arrival_rate: float, mean_pre
     else:
         out.update(tau_s=float("inf"), running=float("inf"), kv_tokens=float("inf"), kv_memory_tokens=float("inf"))
     if M_total is not None and B is not None and max_num_seqs is not None:
-        cap = f["capacity"](M_total, B, max_num_seqs, mean_prefill, mean_decode, kb)
+        cap = f["capacity"](M_total, B, max_num_seqs, mean_prefill, Dd_, Lb_, kb)
         xmax = f["throughput_max"](bt.d0_s, bt.d1_prefill_s, bt.d1_decode_s, bt.d2_kv_s, mean_prefill,
                                    mean_decode, mean_kv_per_request, cap)
         binding = min(
-            (M_total / kb, "memory"), (B / (mean_prefill + mean_decode), "token_budget"),
-            (max_num_seqs / mean_decode, "max_num_seqs"),
+            (M_total / kb, "memory"), (B / (mean_prefill + Dd_), "token_budget"),
+            (max_num_seqs / Lb_, "max_num_seqs"),
         )[1]
         out.update(
             capacity_per_step=cap, throughput_max=xmax, lambda_transition=xmax, binding_limit=binding,

@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     parser.add_argument("--scales", default=",".join(map(str, DEFAULT_SCALES)), help="comma-separated n values")
-    parser.add_argument("--backend", choices=["scipy", "jax", "stepmap", "quasistatic"],
+    parser.add_argument("--backend", choices=["stepclock", "stepclock_jax", "scipy", "jax", "stepmap", "quasistatic"],
                         help="fluid backend (default: the config's); stepmap = the exact discrete-time limit")
     parser.add_argument("--dt-out", type=float, default=0.01, help="fluid output spacing [s] (default 0.01)")
     parser.add_argument("--output-dir", help="where tables and figures go (default: <config output_dir>/crosscheck)")
@@ -96,6 +96,11 @@ def solve_reference(cfg, reference, backend: str | None = None):
     from fluidserve.fluid.solve import solve_params
 
     backend = backend or cfg.fluid.backend  # the config's backend when --backend is not given
+    if backend in ("stepclock", "stepclock_jax"):
+        from fluidserve.fluid.stepclock_solve import solve_stepclock
+
+        return solve_stepclock(cfg, reference, impl="jax" if backend == "stepclock_jax" else "numpy", pooled_mix=True,
+                               fluctuations=False)
     if backend == "quasistatic":  # no class tables: bins of the reference, its pooled mean request
         from fluidserve.fluid.quasistatic import solve_quasistatic
 

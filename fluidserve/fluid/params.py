@@ -68,7 +68,21 @@ class FluidParams(NamedTuple):
 
 
 def check_supported(cfg) -> None:
-    """Raise UnsupportedError for configs the fluid model does not represent (never approximate)."""
+    """Raise UnsupportedError for configs the fluid model does not represent (never approximate).
+
+    The check of the backend ``cfg.fluid.backend``: the step-clock model's scope for ``stepclock`` /
+    ``stepclock_jax``, the Erlang ODE's (and step map's, quasi-static model's) otherwise.
+    """
+    if cfg.fluid.backend in ("stepclock", "stepclock_jax"):
+        from fluidserve.fluid.stepclock_solve import check_supported_stepclock
+
+        check_supported_stepclock(cfg)
+        return
+    check_supported_ode(cfg)
+
+
+def check_supported_ode(cfg) -> None:
+    """The scope of the Erlang ODE, the step map and the quasi-static model."""
     if cfg.system.scheduler != "vllm_v0":
         raise UnsupportedError(
             f"fluid model: system.scheduler={cfg.system.scheduler} is not modeled (the fluid equations follow "
@@ -83,9 +97,9 @@ def check_supported(cfg) -> None:
         )
     if cfg.policy.queue_policy != "FCFS":
         raise UnsupportedError(f"fluid model: policy.queue_policy={cfg.policy.queue_policy} is not modeled (FCFS only)")
-    if cfg.cluster.replicas > 1 and cfg.cluster.router == "least_loaded":
+    if cfg.cluster.replicas > 1 and cfg.cluster.router not in ("round_robin", "weighted"):
         raise UnsupportedError(
-            "fluid model: cluster.router=least_loaded is not modeled (only rate splits: round_robin, weighted)"
+            f"fluid model: cluster.router={cfg.cluster.router} is not modeled (only rate splits: round_robin, weighted)"
         )
 
 
@@ -119,7 +133,7 @@ def build_params(cfg, workload: Workload, tables: ClassTables | None = None, sha
     """
     from fluidserve.fluid.classes import admissible
 
-    check_supported(cfg)
+    check_supported_ode(cfg)
     sysc = cfg.system
     if tables is None:
         tables = build_classes(

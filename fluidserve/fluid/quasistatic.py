@@ -30,14 +30,15 @@ import numpy as np
 import pandas as pd
 
 from fluidserve.errors import InputError
-from fluidserve.fluid.classes import _memory_steps, admissible, decode_edges
+from fluidserve.fluid.classes import _memory_steps, admissible, decode_edges, memory_steps_in_batch
 from fluidserve.fluid.closed_forms import capacity_arrays, tau_star_arrays
-from fluidserve.fluid.params import check_supported, replica_shares
+from fluidserve.fluid.params import check_supported_ode, replica_shares
 from fluidserve.fluid.result import SERIES_COLUMNS, FluidResult
 from fluidserve.fluid.solve import output_spacing
 
 PREFILL_OFFSET_STEPS = 1.5  # half a step to the next step start + one prefill step
 TTFT_OFFSET_STEPS = 2.5  # ... + decode iteration 0, which emits the first token
+HALF_STEP = 0.5  # from an arrival to the next step start, on average
 
 
 def bin_mix(workload, cfg, bin_s: float, pooled: bool = False, num_classes: int = 4) -> dict:
@@ -73,6 +74,7 @@ def bin_mix(workload, cfg, bin_s: float, pooled: bool = False, num_classes: int 
 
     Kr = D * P + D * (D - 1) / 2.0
     Kb = _memory_steps(P, D, s.block_size).astype(float)
+    Kb_batch = memory_steps_in_batch(P, D, s.block_size, getattr(s, "scheduler", "vllm_v0")).astype(float)
     # decode-length classes (the ODE's quantile bins) for the sojourn-time spread of the series
     edges = decode_edges(D, num_classes)
     cls = np.clip(np.searchsorted(edges[1:-1], D, side="left"), 0, len(edges) - 2)
@@ -82,7 +84,8 @@ def bin_mix(workload, cfg, bin_s: float, pooled: bool = False, num_classes: int 
     frac = n_bk.sum(0) / n_bk.sum() if pooled else (n_bk / np.maximum(count, 1.0)[:, None])[fill]
     n_k = np.bincount(cls, minlength=K).astype(float)
     return {
-        "count": count, "P": mean(P), "D": mean(D), "K": mean(Kr), "Kb": mean(Kb), "rejected": int((~ok).sum()),
+        "count": count, "P": mean(P), "D": mean(D), "K": mean(Kr), "Kb": mean(Kb), "Kb_batch": mean(Kb_batch),
+        "rejected": int((~ok).sum()),
         "first_arrival_s": float(t.min()), "D_min": int(D.min()), "D_max": int(D.max()),
         "class_frac": np.broadcast_to(frac, (nb, K)), "d_edges": edges,
         "class_D": np.bincount(cls, D, K) / n_k, "class_P": np.bincount(cls, P, K) / n_k,
@@ -130,7 +133,8 @@ def _replica(mix: dict, share: float, bt, cfg, bin_s: float) -> dict:
     """One replica's queue segments and steady-state quantities per segment."""
     s = cfg.system
     lam = share * mix["count"] / bin_s
-    capa = capacity_arrays(bt, mix["P"], mix["D"], mix["K"], mix["Kb"], s.M_total, s.B, s.max_num_seqs)
+    capa = capacity_arrays(bt, mix["P"], mix["D"], mix["K"], mix["Kb_batch"], s.total_blocks * s.block_size, s.B,
+                           s.max_num_seqs, getattr(s, "scheduler", "vllm_v0"))
     seg = fluid_queue(lam, capa["throughput_max"], bin_s)
     b = seg["bin"]
     tau = tau_star_arrays(bt, seg["x"], mix["P"][b], mix["D"][b], mix["K"][b])
@@ -142,7 +146,8 @@ def _replica(mix: dict, share: float, bt, cfg, bin_s: float) -> dict:
     return seg
 
 
-def _on_grid(seg: dict, mix: dict, ts: np.ndarray, bin_s: float, d0_s: float) -> dict:
+def _on_grid(seg: dict, mix: dict, ts: np.ndarray, bin_s: float, d0_s: float, max_num_seqs: float = np.inf,
+             M_tokens: float = np.inf) -> dict:
     """The replica's series at times ``ts``.
 
     The backlog is exact. Class k's admissions A_k(t) (admission rate times the bin's class
@@ -186,6 +191,12 @@ def _on_grid(seg: dict, mix: dict, ts: np.ndarray, bin_s: float, d0_s: float) ->
         kv_mem += r_k * mix["class_Kb"][k] / Dk
         kv_ctx += r_k * mix["class_K"][k] / Dk
         completed += leave
+    # the engine's caps: where cohorts delayed by different step times overlap (a step-time drop
+    # between segments), the lagged sums can exceed what the engine admits; they are cut at the cap
+    over = np.maximum(running / max_num_seqs, kv_mem / M_tokens)
+    cut = np.where(over > 1.0, 1.0 / np.maximum(over, 1e-300), 1.0)
+    running, kv_mem, kv_ctx = running * cut, kv_mem * cut, kv_ctx * cut
+    class_running = [r * cut for r in class_running]
     X = np.where(inside, seg["X"][seg["bin"][i]], np.inf)
     return {
         "waiting": q, "running": running, "swapped": np.zeros_like(ts), "kv_memory_tokens": kv_mem,
@@ -214,7 +225,7 @@ def solve_quasistatic(cfg, workload, batch_time=None, dt_out_s: float | None = N
     does not represent (as the ODE).
     """
     t_start = time.perf_counter()
-    check_supported(cfg)
+    check_supported_ode(cfg)
     bt = batch_time or cfg.batch_time_model()
     bin_s = float(cfg.fluid.bin_s)
     mix = bin_mix(workload, cfg, bin_s, pooled_mix, cfg.fluid.num_classes)
@@ -232,7 +243,8 @@ def solve_quasistatic(cfg, workload, batch_time=None, dt_out_s: float | None = N
         end = float(cfg.fluid.horizon_s)
     dt = dt_out_s or output_spacing(len(mix["count"]) * bin_s, cfg.fluid)
     ts = np.arange(0.0, end + dt, dt)
-    grids = [_on_grid(sg, mix, ts, bin_s, bt.d0_s) for sg in segs]
+    grids = [_on_grid(sg, mix, ts, bin_s, bt.d0_s, cfg.system.max_num_seqs,
+                      cfg.system.total_blocks * cfg.system.block_size) for sg in segs]
     cols = {c: np.sum([g[c] for g in grids], axis=0) for c in grids[0]}
     for c in ("step_time_s", "virtual_waiting_s"):
         cols[c] = np.mean([g[c] for g in grids], axis=0)
@@ -245,10 +257,12 @@ def solve_quasistatic(cfg, workload, batch_time=None, dt_out_s: float | None = N
     tau = np.concatenate([sg["tau"] for sg in segs])
     Dseg = np.concatenate([sg["D"] for sg in segs])
     wsum = float(adm.sum()) or 1.0
-    mean_wait = q_int / max(arrived, 1e-12)
     tau_bar = float((adm * tau).sum() / wsum)
-    mean_ttft = mean_wait + TTFT_OFFSET_STEPS * tau_bar
-    mean_e2e = mean_wait + float((adm * (PREFILL_OFFSET_STEPS + Dseg) * tau).sum() / wsum)
+    # admission happens at a step start: half a step after the arrival on average (the step map's
+    # mean waiting), on top of the fluid backlog's delay (Little's law)
+    mean_wait = q_int / max(arrived, 1e-12) + HALF_STEP * tau_bar
+    mean_ttft = mean_wait + (TTFT_OFFSET_STEPS - HALF_STEP) * tau_bar
+    mean_e2e = mean_wait + float((adm * (PREFILL_OFFSET_STEPS - HALF_STEP + Dseg) * tau).sum() / wsum)
     # admissions by the end of the grid (all of them unless fluid.horizon_s cuts the run short)
     admitted_end = float(sum(np.clip((ts[-1] - sg["t0"]) * sg["x"], 0.0, sg["admitted"]).sum() for sg in segs))
     Kc = len(mix["class_D"])
@@ -259,7 +273,7 @@ def solve_quasistatic(cfg, workload, batch_time=None, dt_out_s: float | None = N
         "share": adm_k / max(adm_k.sum(), 1e-12), "mean_prefill_tokens": mix["class_P"],
         "mean_decode_tokens": mix["class_D"], "admitted": adm_k, "completed": adm_k,
         "mean_waiting_s": np.full(Kc, mean_wait), "mean_ttft_s": np.full(Kc, mean_ttft),
-        "mean_e2e_s": mean_wait + (PREFILL_OFFSET_STEPS + mix["class_D"]) * tau_bar,
+        "mean_e2e_s": mean_wait + (PREFILL_OFFSET_STEPS - HALF_STEP + mix["class_D"]) * tau_bar,
     })
     bidx = np.clip(np.floor(ts / bin_s).astype(np.int64), 0, len(mix["count"]) - 1)
     class_waiting = (cols["waiting"][:, None] * mix["class_frac"][bidx]).T

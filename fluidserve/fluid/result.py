@@ -35,6 +35,7 @@ class FluidResult:
     class_running: np.ndarray
     classes: pd.DataFrame
     summary: dict = field(default_factory=dict)
+    request_delays: pd.DataFrame | None = None  # per-request waiting/ttft/tpot/e2e [s] (stepclock backends)
 
     @property
     def t_s(self) -> np.ndarray:
@@ -42,6 +43,21 @@ class FluidResult:
 
     def __getitem__(self, column: str) -> np.ndarray:
         return self.series[column].to_numpy()
+
+    def percentiles(self, q=(50, 90, 99)) -> dict:
+        """Per-request delay percentiles [s]: {"waiting"|"ttft"|"tpot"|"e2e": {"p50", "p90", "p99", "mean"}}.
+
+        From the class-resolved sojourns of every request (``fluidserve.fluid.tails``, theory eq.
+        sc10). Only the step-clock backends (``stepclock``, ``stepclock_jax``) resolve requests;
+        others raise UnsupportedError.
+        """
+        from fluidserve.errors import UnsupportedError
+        from fluidserve.fluid.tails import percentiles
+
+        if self.request_delays is None:
+            raise UnsupportedError(f"fluid backend {self.summary.get('backend')!r} gives no per-request delays; "
+                                   "use fluid.backend stepclock or stepclock_jax for percentiles")
+        return percentiles(self.request_delays, q)
 
     def to_frame(self) -> pd.DataFrame:
         """The trajectory as a tidy table (fluid_trajectory.csv), with per-class waiting/running."""

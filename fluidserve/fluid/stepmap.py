@@ -32,7 +32,7 @@ from fluidserve.fluid.classes import ClassTables
 from fluidserve.fluid.params import (
     FluidParams,
     build_params,
-    check_supported,
+    check_supported_ode,
     replica_shares,
 )
 from fluidserve.fluid.result import SERIES_COLUMNS, FluidResult
@@ -324,7 +324,7 @@ def solve_stepmap(cfg, workload, batch_time=None) -> FluidResult:
 
     Raises UnsupportedError for configs the fluid model does not represent (as the ODE).
     """
-    check_supported(cfg)
+    check_supported_ode(cfg)
     cfg = exact_stage_config(cfg)
     params_list, tables = [], None
     for share in replica_shares(cfg):

@@ -156,7 +156,7 @@ def latency_distributions(runs: list[dict[str, Any]]):
                 x = np.sort(pd.to_numeric(v, errors="coerce").dropna().to_numpy())
                 if len(x):
                     what = "measured" if source == "_measured" else "predicted"
-                    ax.step(x * 1e3, np.arange(1, len(x) + 1) / len(x), style, where="post", color=COLORS[r["layout"]],
+                    ax.step(np.r_[x[0], x] * 1e3, np.arange(len(x) + 1) / len(x), style, where="post", color=COLORS[r["layout"]],
                             label=f"{LAYOUT_LABELS[r['layout']]}, {what}")
         ax.set_xlabel(f"{METRIC_LABELS[k]} (ms)")
         ax.set_ylabel("fraction of requests")

@@ -16,7 +16,7 @@ All times in the results are in the servers' seconds: wall seconds for vLLM, sim
 seconds for the stand-ins (wall x ``time_scale``). Written into ``output_dir``:
 ``single_results.json`` or ``disaggregated_results.json`` (rewritten after every step, with
 ``status`` running / complete / interrupted / failed), ``{layout}_{phase}_requests.csv`` (the
-client's per-request records), ``{layout}_token_gaps.csv``, ``proxy_requests.csv`` (disagg),
+client's per-request records, appended as each request ends), ``{layout}_token_gaps.csv``, ``proxy_requests.csv`` (disagg),
 ``{layout}_power_gpu{N}.csv`` (the NVML trace of each GPU; per phase, each GPU's mean power and
 the sampled power integrated over the phase, and the energy per output token), ``workload.csv`` (the requests as
 sent: arrival_time in server seconds, prefill_length, decode_length), ``{layout}_{server}.log``.

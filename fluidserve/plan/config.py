@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fluidserve.config import BatchTimeConfig, PolicyConfig, SystemConfig, TraceConfig, format_validation_error
 from fluidserve.errors import InputError
-from fluidserve.policy.lp_config import PowerSpec
+from fluidserve.policy.lp_config import PowerSpec, StepEnergySpec
 from fluidserve.yamlio import read_yaml
 
 #: SLO threshold keys: metric, percentile (e.g. ttft_p99_s, e2e_p90_s, tpot_p99.9_s).
@@ -124,6 +124,9 @@ class GpuType(_Strict):
         None, description="measured step-time coefficients at tensor_parallel 1 and the highest clock; "
         "default: the roofline prediction (fluidserve.calibration.roofline)")
     power: PowerSpec | None = Field(None, description="power model (default: the preset of the GPU, if any)")
+    energy: StepEnergySpec | None = Field(
+        None, description="measured step energy at tensor_parallel 1 and the highest clock (e.g. the batch_time "
+        "preset's energy section); the power model gives its clock response. Default: the power model alone")
     clocks_mhz: list[float] | None = Field(None, description="DVFS levels to try, MHz (default: the highest clock)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
 
@@ -163,7 +166,8 @@ class SchedulerSpace(_Strict):
 
 
 class Candidates(_Strict):
-    model: str = Field(..., description="model preset name (fluidserve/data/model_specs.yaml)")
+    model: str = Field(..., description="model preset name (fluidserve/data/model_specs.yaml) or a Hugging Face "
+                       "config.json path (relative to the plan file)")
     gpus: list[GpuType] = Field(..., min_length=1)
     tensor_parallel: list[int] = Field(default_factory=lambda: [1], min_length=1)
     scheduler: SchedulerSpace = SchedulerSpace()
@@ -174,9 +178,12 @@ class Candidates(_Strict):
     @field_validator("model")
     @classmethod
     def _known(cls, v: str) -> str:
+        """A preset name is checked here; a config.json path when the plan's folder is known (space.model_spec)."""
         from fluidserve import specs
 
-        return specs.model(v).name
+        if not (v.endswith(".json") or "/" in v or "\\" in v):
+            specs.model(v)
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "Candidates":

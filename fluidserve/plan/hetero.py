@@ -68,9 +68,10 @@ def solve_mix(plan, types, by_type):
     from fluidserve.policy.lp import solve
     from fluidserve.policy.lp_config import LpConfig, SafetySpec
     from fluidserve.policy.problem import PoolModel, build_problem
-    from fluidserve.plan.space import frequency_model, replica_batch_time
+    from fluidserve.plan.space import frequency_model, model_spec, replica_batch_time
 
     base = Path(plan.base_dir) if plan.base_dir else None
+    model = model_spec(plan)
     pools_t = _pool_types(plan, types, by_type)
     gspec = {g.type: g for g in plan.candidates.gpus}
     pools = []
@@ -80,7 +81,7 @@ def solve_mix(plan, types, by_type):
         pools.append(PoolModel(
             name=g, count=top.max_replicas, cost_per_hour=top.cost_per_hour,
             clocks_mhz=tuple(t.clock_mhz for t in rts),
-            batch_time=replica_batch_time(gspec[g], plan.candidates.model, top.tensor_parallel, base), freq=fm, M_total=top.M_total, B=top.max_num_batched_tokens,
+            batch_time=replica_batch_time(gspec[g], model, top.tensor_parallel, base), freq=fm, M_total=top.M_total, B=top.max_num_batched_tokens,
             max_num_seqs=top.max_num_seqs, block_size=16, chunked_prefill=top.chunked_prefill,
         ))
     cfg = LpConfig.model_construct(name=plan.name, seed=plan.seed, objective="cost", integer=True, pools=[],

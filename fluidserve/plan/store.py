@@ -1,7 +1,8 @@
 """Results written as they are found: one JSON line per simulated fleet, reused on a rerun (resume).
 
 A line holds the plan's *simulation hash* (traffic, candidates, policy, seed: everything a
-simulation result depends on), the fleet key and the verified record. A rerun with the same
+simulation result depends on, plus the source of ``fluidserve/sim`` and ``fluidserve/plan``, so
+that a changed simulator does not resume stale results), the fleet key and the verified record. A rerun with the same
 hash skips the simulations already in the file; a changed plan starts a fresh file.
 """
 
@@ -15,9 +16,14 @@ from fluidserve.jsonout import to_json
 
 
 def simulation_hash(plan) -> str:
-    """Hash of the plan fields that a simulation depends on."""
+    """Hash of the plan fields that a simulation depends on, and of the simulator's and planner's code."""
     data = plan.model_dump(mode="json", include={"traffic", "candidates", "policy", "seed"})
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    h = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("sim", "plan"):
+        for path in sorted((root / folder).glob("*.py")):
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 class ResultStore:

@@ -146,6 +146,14 @@ def format_report(rep: dict, validation: dict | None = None, disagg: dict | None
                          f"{100 * b['slo_attainment']:.2f}% (met: {b['slos_met']})")
         lines.append("  latency, predicted/simulated - 1: " + ", ".join(
             f"{k}: TTFT {100 * e['ttft']:+.0f}%, TPOT {100 * e['tpot']:+.0f}%" for k, e in v["lp_vs_sim_latency_error"].items()))
+        band = v.get("band")
+        if band:
+            def pct(x):
+                return f"[{100 * x[0]:.2f}, {100 * x[1]:.2f}]%" if x else "n/a"
+
+            lines.append(f"  band from the fitted parameters ({band['samples']} samples): saving {pct(band['energy_saving'])}, "
+                         f"vs best single clock {pct(band['saving_vs_best_single_clock'])}, LP vs sim energy "
+                         f"{pct(band['lp_vs_sim_energy_error'])}, SLO attainment {pct(band['slo_attainment'])}")
     if disagg is not None:
         d = disagg
         lines.append(f"disaggregation: {d.get('status')}: {d.get('n_prefill')} prefill + {d.get('n_decode')} decode GPUs "

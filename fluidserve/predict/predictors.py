@@ -6,6 +6,7 @@ are closer to constant on the log scale. Predictions are returned in tokens (>= 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +19,7 @@ from fluidserve.predict.features import category_column, check_frame, check_targ
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
 
 
-class LengthPredictor:
+class LengthPredictor(ABC):
     """Base class: the shared contract. Subclasses set ``name`` and implement ``_fit``/``_predict_log``."""
 
     name = "base"
@@ -73,11 +74,13 @@ class LengthPredictor:
         if not getattr(self, "is_fitted_", False):
             raise InputError(f"{self.name} predictor is not fitted: call fit() first")
 
-    def _fit(self, frame: pd.DataFrame, log_y: np.ndarray) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _fit(self, frame: pd.DataFrame, log_y: np.ndarray) -> None:
+        """Learn from the training rows and their log output lengths."""
 
-    def _quantile_log(self, frame: pd.DataFrame, q: float) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _quantile_log(self, frame: pd.DataFrame, q: float) -> np.ndarray:
+        """The predicted ``q`` quantile of the log output length, per row."""
 
 
 class _ResidualQuantiles(LengthPredictor):

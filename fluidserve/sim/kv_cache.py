@@ -62,7 +62,7 @@ class KVCacheManager:
             self.ref: dict[int, int] = {}  # tracked block -> requests holding it
             self.cached: dict[tuple, int] = {}  # hash -> the block a lookup returns (first cached)
             self.dups: dict[tuple, list[int]] = {}  # hash -> later blocks with that hash, in order
-            self.req_ids: dict[int, list[int]] = {}  # tracked blocks of a request: its first positions
+            self.req_ids: dict[int, list[int]] = {}  # tracked blocks of a request (its first positions), if any
             self.req_ncached: dict[int, int] = {}  # shared-prefix positions hashed so far
 
     # ------------------------------------------------------------------ views
@@ -126,20 +126,25 @@ class KVCacheManager:
     def _pop(self, n: int) -> None:
         """Take ``n`` blocks from the head of the free queue, evicting tracked ones."""
         self.used += n
-        take = n if n <= self.head_free else self.head_free
-        self.head_free -= take
-        n -= take
+        hf = self.head_free
+        if n <= hf:
+            self.head_free = hf - n
+            return
+        self.head_free = 0
+        n -= hf
         queue = self.queue
         while n:
-            key, count = queue.popitem(last=False)
+            key = next(iter(queue))
             if key > 0:
+                del queue[key]
                 self._evict(key)
                 n -= 1
-            elif count > n:
-                queue[key] = count - n
-                queue.move_to_end(key, last=False)
-                n = 0
             else:
+                count = queue[key]
+                if count > n:
+                    queue[key] = count - n
+                    return
+                del queue[key]
                 n -= count
 
     def _track(self, h: tuple) -> int:
@@ -160,9 +165,11 @@ class KVCacheManager:
             self.used += num_new_blocks
             return
         if not hits and self.group[r] < 0:  # nothing to track
-            self.req_ids[r] = []
-            self.req_ncached[r] = 0
-            self._pop(num_new_blocks)
+            if num_new_blocks <= self.head_free:
+                self.head_free -= num_new_blocks
+                self.used += num_new_blocks
+            else:
+                self._pop(num_new_blocks)
             return
         ref, queue = self.ref, self.queue
         for b in hits:
@@ -182,9 +189,9 @@ class KVCacheManager:
             return
         if num_new_blocks:
             self._pop(num_new_blocks)
-        start = self.req_ncached[r]
         if self.group[r] < 0:
             return
+        start = self.req_ncached[r]
         end = min(num_tokens_to_cache // self.bs, self.plen[r] // self.bs)
         if end > start:
             ids, g = self.req_ids[r], self.group[r]
@@ -209,10 +216,28 @@ class KVCacheManager:
         if not self.caching:
             self.used -= num_blocks
             return
+        ids = self.req_ids.pop(r, None)
+        if ids is None and not reusable and self.group[r] < 0:
+            # nothing tracked: the full blocks join the tail run, the partial one goes to the head
+            n_full = num_tokens_to_cache // self.bs
+            self.used -= num_blocks
+            self.head_free += num_blocks - n_full
+            if n_full:
+                queue = self.queue
+                last = next(reversed(queue)) if queue else 0
+                if last < 0:
+                    queue[last] += n_full
+                else:
+                    queue[self._next_run] = n_full
+                    self._next_run -= 1
+            return
         if self.group[r] >= 0:
+            self.req_ids[r] = ids
             self.grow(r, 0, num_tokens_to_cache)
-        ids = self.req_ids.pop(r)
-        del self.req_ncached[r]
+            del self.req_ids[r]
+        if ids is None:
+            ids = []
+        self.req_ncached.pop(r, None)
         end = num_tokens_to_cache // self.bs
         nid = len(ids)
         queue = self.queue

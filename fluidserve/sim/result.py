@@ -3,7 +3,8 @@
 Column contracts (times in seconds, memory in KV tokens):
 
 * ``requests`` (request_traces.csv): REQUEST_COLUMNS. ``first_token_time`` is the end of the
-  request's first decode iteration; ``tpot`` is (completion - first_token) / (decode - 1),
+  step that samples output token 1 (``vllm_v1``: the last prefill step; ``vllm_v0``: the first
+  decode iteration); ``tpot`` is (completion - first_token) / (decode - 1),
   NaN when decode_length == 1. Only requests that completed or are still in the system at the
   end are here; rejected requests are in ``rejected``.
 * ``snapshots`` (batch_snapshots.csv): SNAPSHOT_COLUMNS, one row per engine step (or every

@@ -16,6 +16,7 @@ deterministic. Load-aware routers read the engines' state at the arrival time:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ import numpy as np
 ROUTERS = ("round_robin", "weighted", "least_loaded", "least_kv")
 
 
-class Router:
+class Router(ABC):
     """Picks one of ``candidates`` (indices into ``engines``) for the next request."""
 
     load_aware = False
@@ -31,8 +32,9 @@ class Router:
     def __init__(self) -> None:
         self._ptr: dict[tuple[int, ...], int] = {}
 
+    @abstractmethod
     def choose(self, engines: Sequence, candidates: Sequence[int]) -> int:
-        raise NotImplementedError
+        """The chosen candidate (an index into ``engines``)."""
 
     def _spread(self, candidates: Sequence[int], keys: list) -> int:
         """Candidate with the smallest key; ties by the rotating pointer of this candidate set."""
@@ -129,8 +131,11 @@ def dispatch(router: Router, engines: Sequence, arrival_s: Sequence[float], subm
     n = len(arrival_s)
     out = np.empty(n, dtype=np.int64)
     cand = list(range(len(engines)))
+    routed = getattr(router, "routed", None)  # routers that track what they sent (length_aware)
     for i in range(n):
         r = route(router, engines, arrival_s[i], cand, progress)
-        submit(i, r)
+        handle = submit(i, r)
+        if routed is not None:
+            routed(i, r, handle)
         out[i] = r
     return out

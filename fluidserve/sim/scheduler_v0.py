@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import heapq
 import math
-import random
 from collections import deque
 
 from fluidserve.batch_time import BatchTimeModel
 from fluidserve.sim.engine import ReplicaEngine
+from fluidserve.sim.policies import V0_VICTIMS
 from fluidserve.sim.records import ABORTED, DECODING, DONE, PREFILLING, REJECTED, SWAPPED, WAITING, StepRecord
 
 
@@ -81,11 +81,10 @@ class VllmV0Engine(ReplicaEngine):
         seed: int = 0,
         max_steps: int | None = None,
         scheduler: str = "vllm_v0",
-        **_ignored,
     ) -> None:
         if mode not in ("swapping", "recompute"):
             raise ValueError(f"mode must be 'swapping' or 'recompute', got {mode!r}")
-        if victim_policy not in ("LIFO", "FIFO", "random", "LRU"):
+        if victim_policy not in V0_VICTIMS:
             raise ValueError(f"unknown victim_policy {victim_policy!r}")
         if queue_policy not in ("FCFS", "priority"):
             raise ValueError(f"unknown queue_policy {queue_policy!r}")
@@ -103,7 +102,6 @@ class VllmV0Engine(ReplicaEngine):
         self.record_events = bool(record_events)
         self.snapshot_every = int(snapshot_every)
         self.replica = int(replica)
-        self.rng = random.Random(seed)
         self.max_steps = max_steps
 
         # per-request arrays, indexed by local id (submission order = arrival order)
@@ -137,11 +135,7 @@ class VllmV0Engine(ReplicaEngine):
         self.kv_base = 0  # sum over decoding of (P0 + g0 - s0)
         self.cnt = [0] * self.bs  # decoding requests per residue (s0 - P0 - g0) mod bs
         self.calendar: dict[int, list[int]] = {}
-        self.victims_lifo: list[tuple[int, int]] = []  # heap of (-id, ver)
-        self.victims_fifo: list[tuple[int, int]] = []  # heap of (id, ver)
-        self.victims_lru: deque[tuple[int, int]] = deque()  # (id, ver) in order of entry
-        self.victims_rand: list[int] = []
-        self.rand_pos: dict[int, int] = {}
+        self.victims = V0_VICTIMS[victim_policy](seed)
 
         self.dec_members: set[int] = set()  # decoding requests (for step records)
         self._one = False
@@ -283,17 +277,7 @@ class VllmV0Engine(ReplicaEngine):
         if g0 == 0:
             self.ft_step[i] = s0
         self.dec_members.add(i)
-        v = self.ver[i]
-        vp = self.victim_policy
-        if vp == "LIFO":
-            heapq.heappush(self.victims_lifo, (-i, v))
-        elif vp == "FIFO":
-            heapq.heappush(self.victims_fifo, (i, v))
-        elif vp == "LRU":
-            self.victims_lru.append((i, v))
-        else:
-            self.rand_pos[i] = len(self.victims_rand)
-            self.victims_rand.append(i)
+        self.victims.add(i, self.ver[i])
 
     def _stop_decoding(self, i: int) -> None:
         """Remove i from the decoding set (its calendar and victim entries go stale)."""
@@ -303,35 +287,11 @@ class VllmV0Engine(ReplicaEngine):
         self.cnt[(self.s0[i] - P - self.g0[i]) % self.bs] -= 1
         self.ver[i] += 1
         self.dec_members.discard(i)
-        if self.victim_policy == "random":
-            pos = self.rand_pos.pop(i)
-            last = self.victims_rand.pop()
-            if last != i:
-                self.victims_rand[pos] = last
-                self.rand_pos[last] = pos
+        self.victims.remove(i)
 
     def _pick_victim(self) -> int:
-        vp = self.victim_policy
         state, ver = self.state, self.ver
-        if vp == "LIFO":
-            h = self.victims_lifo
-            while True:
-                ni, v = heapq.heappop(h)
-                if state[-ni] == DECODING and ver[-ni] == v:
-                    return -ni
-        if vp == "FIFO":
-            h = self.victims_fifo
-            while True:
-                i, v = heapq.heappop(h)
-                if state[i] == DECODING and ver[i] == v:
-                    return i
-        if vp == "LRU":
-            q = self.victims_lru
-            while True:
-                i, v = q.popleft()
-                if state[i] == DECODING and ver[i] == v:
-                    return i
-        return self.victims_rand[self.rng.randrange(len(self.victims_rand))]
+        return self.victims.pick(lambda i, v: state[i] == DECODING and ver[i] == v)
 
     def _wait_peek(self) -> int | None:
         if self.wait_head:

@@ -36,48 +36,14 @@ the last one in running.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
 
 from fluidserve.batch_time import BatchTimeModel
 from fluidserve.sim.engine import ReplicaEngine
 from fluidserve.sim.kv_cache import KVCacheManager
+from fluidserve.sim.policies import V1_POLICIES
 from fluidserve.sim.records import ABORTED, DECODING, DONE, PREFILLING, REJECTED, WAITING, StepRecord
-
-
-class FcfsQueue(deque):
-    """vLLM's ``FCFSRequestQueue``: arrival order; preempted requests go back to the head."""
-
-    add = deque.append
-    prepend = deque.appendleft
-    pop = deque.popleft
-
-    def peek(self) -> int:
-        return self[0]
-
-
-class PriorityQueue(list):
-    """vLLM's ``PriorityRequestQueue``: smallest ``(priority, arrival)`` first, preempted ones too."""
-
-    def __init__(self, prio: list[int], arr: list[float]) -> None:
-        super().__init__()
-        self.prio, self.arr = prio, arr
-
-    def add(self, i: int) -> None:
-        heapq.heappush(self, (self.prio[i], self.arr[i], i))
-
-    prepend = add
-
-    def peek(self) -> int:
-        return self[0][2]
-
-    def pop(self) -> int:
-        return heapq.heappop(self)[2]
-
-    def remove(self, i: int) -> None:
-        self[:] = [x for x in self if x[2] != i]
-        heapq.heapify(self)
 
 
 class VllmV1Engine(ReplicaEngine):
@@ -113,7 +79,6 @@ class VllmV1Engine(ReplicaEngine):
         max_steps: int | None = None,
         M_total: int | None = None,
         scheduler: str = "vllm_v1",
-        **_ignored,
     ) -> None:
         if num_gpu_blocks is None:
             if M_total is None:
@@ -121,8 +86,8 @@ class VllmV1Engine(ReplicaEngine):
             num_gpu_blocks = int(M_total) // int(block_size)
         if num_gpu_blocks < 2:
             raise ValueError(f"num_gpu_blocks must be >= 2 (one is vLLM's null block), got {num_gpu_blocks}")
-        if policy not in ("FCFS", "priority"):
-            raise ValueError(f"unknown policy {policy!r}")
+        if policy not in V1_POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(V1_POLICIES)}")
         self.bt = batch_time
         self.bs = int(block_size)
         self.num_gpu_blocks = int(num_gpu_blocks)
@@ -160,7 +125,8 @@ class VllmV1Engine(ReplicaEngine):
 
         self.kv = KVCacheManager(self.num_gpu_blocks, self.bs, enable_prefix_caching, self.pgroup, self.plen)
         self.pending: deque[int] = deque()
-        self.waiting = FcfsQueue() if policy == "FCFS" else PriorityQueue(self.prio, self.arr)
+        self.sched_policy = V1_POLICIES[policy]()
+        self.waiting = self.sched_policy.waiting_queue(self.prio, self.arr)
         self.running: dict[int, None] = {}
         self.partial = -1  # the request in chunked prefill (always the last in running), or -1
         self.n_dec = 0
@@ -342,7 +308,8 @@ class VllmV1Engine(ReplicaEngine):
         B = self.B
         max_seqs = self.max_num_seqs
         chunked = self.chunked
-        fcfs = self.policy == "FCFS"
+        pol = self.sched_policy
+        fcfs = pol.victim_is_last
         rec = self.record_events
         snap_every = self.snapshot_every
         rep = self.replica
@@ -443,11 +410,7 @@ class VllmV1Engine(ReplicaEngine):
                         need = -(-(c_i + num_new) // bs) - nb[i]
                     ok = True
                     while need > kv.usable - kv.used:
-                        if fcfs:
-                            pos = len(order) - 1
-                        else:
-                            pos = max(range(len(order)), key=lambda k: (self.prio[order[k]], arr[order[k]], -k))
-                        v = order.pop(pos)
+                        v = order.pop(pol.victim(order, self.prio, arr))
                         if v in sched:  # scheduled earlier in this step: give its tokens back
                             tok = sched.pop(v)
                             budget += tok
@@ -501,13 +464,7 @@ class VllmV1Engine(ReplicaEngine):
                         if ca[i] == n_i:
                             done_prefill.append(i)
                     idx += 1
-                # decoding requests the budget did not reach sit this step out
-                for i in order[idx:]:
-                    if state[i] == DECODING:
-                        c_i = ca[i] + s - s0a[i]
-                        o_i = oa[i] + s - s0a[i]
-                        self._stop_decoding(i, s, False)
-                        self._start_decoding(i, s + 1, c_i, o_i)
+                skipped = [i for i in order[idx:] if state[i] == DECODING]
 
             prefilled_now: list[int] = []
             if not preempted:
@@ -591,6 +548,13 @@ class VllmV1Engine(ReplicaEngine):
                 if one:
                     carried = record.preempted
                 continue
+            if dec_list is not None:
+                # decoding requests the loop did not reach sit this step out
+                for i in skipped:
+                    c_i = ca[i] + s - s0a[i]
+                    o_i = oa[i] + s - s0a[i]
+                    self._stop_decoding(i, s, False)
+                    self._start_decoding(i, s + 1, c_i, o_i)
             dt = bt.step_time(prefill_tokens, dec_sched, kv_tokens, pat)
             t_end = t + dt
             if one:

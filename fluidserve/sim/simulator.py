@@ -21,6 +21,25 @@ from fluidserve.sim.result import (
 from fluidserve.workload.base import Workload
 
 
+def _engine_queue_policy(cfg: Config) -> str:
+    """Shortest-predicted-first runs as the engine's priority scheduling (sim/length_aware.py)."""
+    return "priority" if cfg.policy.queue_policy == "shortest_predicted" else cfg.policy.queue_policy
+
+
+def _length_aware(cfg: Config, workload: Workload):
+    """(priorities, router) for the length-aware policy and router of ``cfg`` (None where unused)."""
+    if cfg.policy.queue_policy != "shortest_predicted" and cfg.cluster.router != "least_predicted_work":
+        return None, None
+    from fluidserve.sim import length_aware
+
+    pred = length_aware.predicted_output_tokens(workload, cfg.policy.length_predictor, cfg.policy.prediction_noise,
+                                                cfg.seed, cfg.base_dir)
+    prio = (length_aware.spf_priorities(workload.arrival_time_s, pred, cfg.policy.aging_tokens_per_s)
+            if cfg.policy.queue_policy == "shortest_predicted" else None)
+    router = length_aware.LeastPredictedWork(pred) if cfg.cluster.router == "least_predicted_work" else None
+    return prio, router
+
+
 def make_engine(cfg: Config, replica: int = 0, batch_time=None) -> ReplicaEngine:
     """A :class:`ReplicaEngine` configured from ``cfg`` (batch time from ``cfg`` unless given)."""
     sysc = cfg.system
@@ -28,7 +47,7 @@ def make_engine(cfg: Config, replica: int = 0, batch_time=None) -> ReplicaEngine
     if sysc.scheduler == "vllm_v1":
         return ReplicaEngine(
             bt, scheduler="vllm_v1", num_gpu_blocks=sysc.gpu_blocks, block_size=sysc.block_size, B=sysc.B,
-            max_num_seqs=sysc.max_num_seqs, policy=cfg.policy.queue_policy, chunked_prefill=sysc.chunked_prefill,
+            max_num_seqs=sysc.max_num_seqs, policy=_engine_queue_policy(cfg), chunked_prefill=sysc.chunked_prefill,
             enable_prefix_caching=sysc.enable_prefix_caching, record_events=cfg.sim.record_events,
             snapshot_every=cfg.sim.snapshot_every, replica=replica, max_steps=cfg.sim.max_steps,
         )
@@ -42,7 +61,7 @@ def make_engine(cfg: Config, replica: int = 0, batch_time=None) -> ReplicaEngine
         max_num_seqs=sysc.max_num_seqs,
         mode=sysc.mode,
         victim_policy=cfg.policy.victim_policy,
-        queue_policy=cfg.policy.queue_policy,
+        queue_policy=_engine_queue_policy(cfg),
         chunked_prefill=sysc.chunked_prefill,
         swap_s_per_token=swap_s_per_token,
         record_events=cfg.sim.record_events,
@@ -80,10 +99,13 @@ def simulate(cfg: Config, workload: Workload, progress: bool = False, batch_time
 
     g = workload.prefix_group.tolist()
     L = workload.prefix_length.tolist()
-    router = make_router(cfg.cluster.router, cfg.cluster.weights)
+    spf_prio, length_router = _length_aware(cfg, workload)
+    if spf_prio is not None:
+        pr = spf_prio.tolist()
+    router = length_router or make_router(cfg.cluster.router, cfg.cluster.weights)
 
-    def submit(i: int, r: int) -> None:
-        engines[r].submit(i, arr[i], P[i], D[i], pr[i], prefix_group=g[i], prefix_length=L[i])
+    def submit(i: int, r: int) -> int:
+        return engines[r].submit(i, arr[i], P[i], D[i], pr[i], prefix_group=g[i], prefix_length=L[i])
 
     dispatch(router, engines, arr, submit, progress=tick)
     for e in engines:

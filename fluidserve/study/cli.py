@@ -43,10 +43,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="results folder (default: <config output_dir>/scaling_<name>)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--no-progress", action="store_true")
+    q = sub.add_parser("length-aware", help="shortest-predicted-first vs FCFS by predictor quality")
+    q.add_argument("--config", required=True, help="run config with a trace or synthetic workload (FCFS)")
+    q.add_argument("--noise", default="0.25,0.5,1,2", help="sigmas of log-normal noise on the exact lengths")
+    q.add_argument("--aging", type=float, default=50.0, help="aging, predicted tokens of rank per second waited")
+    q.add_argument("--train-frac", type=float, default=0.5, help="first part of the workload that trains the predictor")
+    q.add_argument("--predictor", default="gbt", choices=["linear", "gbt"], help="the fitted predictor's kind")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    q.add_argument("--output-dir", help="write length_aware.csv / .json here")
+    q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    q.add_argument("--no-progress", action="store_true")
+
+
+def _length_aware_main(args) -> int:
+    import pandas as pd
+    import yaml
+
+    from fluidserve.config import load_config
+    from fluidserve.study.length_aware import run_length_aware
+
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise InputError(f"--set expects KEY=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        overrides[k] = yaml.safe_load(v)
+    cfg = load_config(args.config, overrides)
+    try:
+        sigmas = [float(x) for x in args.noise.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--noise: expected comma-separated numbers, got '{args.noise}'") from None
+    if any(not s >= 0 for s in sigmas):
+        raise InputError(f"--noise: sigmas must be >= 0, got '{args.noise}'")
+    res = run_length_aware(cfg, sigmas, args.aging, args.train_frac, args.predictor, progress=not args.no_progress)
+    df = pd.DataFrame(res["policies"])
+    if args.output_dir:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out / "length_aware.csv", index=False, float_format="%.6g")
+        (out / "length_aware.json").write_text(to_json(res))
+    if args.json:
+        print(to_json(res))
+    else:
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
 
 
 @cli_errors
 def main(args: argparse.Namespace) -> int:
+    if args.study == "length-aware":
+        return _length_aware_main(args)
+    return _scaling_main(args)
+
+
+def _scaling_main(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from fluidserve.config import load_config

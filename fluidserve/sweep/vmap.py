@@ -30,6 +30,9 @@ from fluidserve.errors import require
 log = logging.getLogger(__name__)
 
 MEMORY_BUDGET_BYTES = 256 * 2**20  # saved states per batch
+STEPCLOCK = {"stepclock", "stepclock_jax"}
+SWEEP_MACRO_STEPS = 150  # step-clock sweeps: automatic stride for ~150 macro steps per point
+SWEEP_CHUNK = 64  # macro steps per vmapped scan call
 
 
 @dataclass
@@ -57,9 +60,12 @@ def why_not(sweep, points=None) -> str | None:
     bad = [f for f in sweep.fields if not all(_numeric(p.params[f]) for p in points)]
     if bad:
         return f"axis '{bad[0]}' has non-numeric values"
-    other = sorted({p.config.fluid.backend for p in points} - {"scipy", "jax"})
-    if other:  # the fast path integrates the ODE: it must not stand in for another model
-        return f"fluid.backend is '{other[0]}' (the vmap path integrates the ODE only)"
+    backends = {p.config.fluid.backend for p in points}
+    if len(backends & STEPCLOCK) and len(backends) > 1:
+        return "the points mix the step-clock model with other fluid backends"
+    other = sorted(backends - {"scipy", "jax"} - STEPCLOCK)
+    if other:  # the fast path runs the ODE or the step-clock model: never a stand-in for another one
+        return f"fluid.backend is '{other[0]}' (the vmap path runs the ODE or the step-clock model only)"
     if any(p.config.cluster.replicas != 1 for p in points):
         return "points with several replicas"
     sections = {json.dumps(p.config.fluid.model_dump(), sort_keys=True) for p in points}
@@ -81,6 +87,8 @@ def plan(sweep, points) -> VmapPlan | None:
     if reason is not None:
         log.info("vmap fast path off: %s", reason)
         return None
+    if points[0].config.fluid.backend in STEPCLOCK:
+        return _plan_stepclock(points)
     workloads: dict[str, object] = {}
     tables_cache: dict[tuple, object] = {}
     params, tables = [], []
@@ -158,7 +166,169 @@ def _post(fp, tables, ts: np.ndarray, ys: np.ndarray, meta: dict):
     return SimpleNamespace(summary=summarize(raw, tables, meta)[0], series=raw)
 
 
-def run(plan: VmapPlan, batch: int = 1024, progress: bool = True) -> Iterator[list[dict]]:
+@dataclass
+class StepclockPlan:
+    """Points of the step-clock model, one macro-step stride for all (equal shapes)."""
+
+    points: list
+    consts: list  # stepclock.Consts per point (numpy)
+    v1: list  # vLLM V1 semantics per point
+    rejected: list
+    stride: int
+    requests: list  # (arrival_s, prefill_tokens, decode_tokens, d0_s, d1_prefill_s) of the admissible requests
+
+
+def _plan_stepclock(points) -> StepclockPlan | None:
+    from fluidserve.fluid import stepclock as sc
+    from fluidserve.workload import make_workload
+
+    workloads: dict[str, object] = {}
+    consts, v1, rejected, requests = [], [], [], []
+    stride = None
+    for p in points:
+        cfg = p.config
+        wkey = json.dumps([cfg.workload.model_dump(mode="json"), cfg.seed], sort_keys=True)
+        if wkey not in workloads:
+            workloads[wkey] = make_workload(cfg)
+        c, groups, h = sc.build(cfg, workloads[wkey], stride=stride, target_macro_steps=SWEEP_MACRO_STEPS)
+        stride = h  # the first point's (automatic) stride for all: equal weight shapes
+        consts.append(c)
+        v1.append(cfg.system.scheduler == "vllm_v1")
+        rejected.append(int((~groups.mask).sum()))
+        wl, m = workloads[wkey], groups.mask
+        bt = cfg.batch_time_model()
+        requests.append((wl.arrival_time_s[m], wl.prefill_tokens[m], wl.decode_tokens[m], bt.d0_s, bt.d1_prefill_s))
+    nb = max(c.lam.shape[0] for c in consts)  # pad the rate tables to the longest window (zero rate)
+    consts = [_pad_bins(c, nb) for c in consts]
+    shapes = {tuple(np.shape(x) for x in jax_leaves(c)) for c in consts}
+    if len(shapes) > 1:
+        log.info("vmap fast path off: the points' step-clock tables differ in shape")
+        return None
+    return StepclockPlan(points, consts, v1, rejected, int(stride), requests)
+
+
+def jax_leaves(c) -> list:
+    """The arrays of a Consts (weights included), in a fixed order."""
+    return [x for f in c for x in (f if isinstance(f, tuple) else (f,))]
+
+
+def _pad_bins(c, nb: int):
+    """Consts with ``nb`` rate bins: zero rate after the point's own window."""
+    extra = nb - c.lam.shape[0]
+    if extra <= 0:
+        return c
+    G = c.lam.shape[1]
+    end = nb * float(c.bin_s)
+    nxt = np.where(np.asarray(c.next_edge) >= c.lam.shape[0] * float(c.bin_s) - 1e-9, end, c.next_edge)
+    return c._replace(lam=np.vstack([c.lam, np.zeros((extra, G))]),
+                      cum=np.vstack([c.cum, np.repeat(c.cum[-1:], extra, axis=0)]),
+                      next_edge=np.concatenate([nxt, np.full(extra, end)]))
+
+
+def _run_stepclock(plan: StepclockPlan, batch: int, progress: bool) -> Iterator[list[dict]]:
+    """jit(vmap) of the step-clock scan chunk over the points; summaries from the limit's curves.
+
+    Per point the mean delays are the fluid limit's per-request sojourns (theory eq. sc10 without
+    the n = 1 step fluctuations of eqs. sc11-sc12), see :func:`_summary`.
+    """
+    from tqdm import tqdm
+
+    from fluidserve.fluid import stepclock as sc
+    from fluidserve.fluid.jax_backend import _jax
+    from fluidserve.sweep.metrics import fluid_metrics
+    from fluidserve.sweep.runner import _row, make_task
+
+    jax = _jax()
+    jnp = jax.numpy
+    chunk = jax.jit(jax.vmap(lambda st, c: jax.lax.scan(lambda s, _: _scan_body(jnp, s, c), st, None,
+                                                        length=SWEEP_CHUNK)))
+    bar = tqdm(total=len(plan.points), desc="fluid (vmap, stepclock)", unit="pt", disable=not progress,
+               mininterval=0.5)
+    try:
+        for start in range(0, len(plan.points), batch):
+            t0 = time.perf_counter()
+            idx = list(range(start, min(start + batch, len(plan.points))))
+            size = len(idx)
+            cs = [plan.consts[i] for i in idx]
+            stacked = jax.tree_util.tree_map(lambda *xs: jnp.asarray(np.stack(xs), dtype=jnp.float64), *cs)
+            st = jax.vmap(lambda c: sc.initial_state(c, jnp))(stacked)
+            pieces = []
+            end = np.full(size, -1)
+            n_done = 0
+            for _ in range(4096):
+                st, outs = chunk(st, stacked)
+                outs = {k: np.asarray(v) for k, v in outs.items()}
+                pieces.append(outs)
+                for j in range(size):
+                    if end[j] < 0:
+                        hit = np.nonzero(sc._done_mask({k: outs[k][j] for k in ("t1", "waiting", "swapped",
+                                                                                 "running")}, cs[j], None))[0]
+                        if len(hit):
+                            end[j] = n_done + int(hit[0]) + 1
+                n_done += SWEEP_CHUNK
+                if np.all(end >= 0):
+                    break
+            cat = {k: np.concatenate([p[k] for p in pieces], axis=1) for k in pieces[0]}
+            wall = (time.perf_counter() - t0) / size
+            rows = []
+            for j, i in enumerate(idx):
+                o = {k: v[j, : end[j]] for k, v in cat.items()}
+                res = _summary(o, plan.consts[i], plan.v1[i], plan.rejected[i], plan.requests[i])
+                rows.append(_row(make_task(plan.points[i], "fluid"), fluid_metrics(res), wall))
+            bar.update(size)
+            yield rows
+    finally:
+        bar.close()
+
+
+def _scan_body(jnp, st, c):
+    from fluidserve.fluid import stepclock as sc
+
+    st2, out = sc.step(jnp, st, c)
+    return st2, {k: out[k] for k in ("t1", "tau", "steps", "waiting", "swapped", "running", "kv", "done",
+                                     "arrived", "admit")}
+
+
+def _summary(o: dict, c, v1: bool, rejected: int, requests: tuple):
+    """The metrics' inputs of one point from its macro-step outputs (no DataFrames).
+
+    Mean delays are the per-request sojourns of the fluid limit (``tails.request_delays`` without
+    the n = 1 step fluctuations), as ``solve_stepclock(..., fluctuations=False)``.
+    """
+    from types import SimpleNamespace
+
+    from fluidserve.fluid import tails
+
+    t1 = o["t1"]
+    t = np.concatenate([[0.0], t1])
+    dt = np.diff(t)
+    arr_s, P, D, d0_s, d1p = requests
+    d = tails.request_delays(t, np.concatenate([[0.0], np.cumsum(o["steps"])]),
+                             np.concatenate([[0.0], np.cumsum(o["arrived"].sum(-1))]),
+                             np.concatenate([[0.0], np.cumsum(o["admit"].sum(-1))]),
+                             arr_s, P, D, d0_s, d1p, v1, fluctuations=False)
+    lam = np.asarray(c.lam).sum(1)
+    nb = len(lam)
+    b = np.clip(np.floor(t / float(c.bin_s)).astype(int), 0, nb - 1)
+    series = {"time": t, "arrival_rate": np.where(t < nb * float(c.bin_s), lam[b], 0.0),
+              "throughput_rps": np.concatenate([[0.0], o["done"].sum(-1) / np.maximum(dt, 1e-300)])}
+    summary = {"completed": float(o["done"].sum()), "mean_waiting_s": float(d["waiting"].mean()),
+               "mean_ttft_s": float(d["ttft"].mean()), "mean_e2e_s": float(d["e2e"].mean()),
+               "peak_waiting": float(o["waiting"].max()), "peak_running": float(o["running"].max()),
+               "peak_swapped": float(o["swapped"].max()), "peak_kv_memory_tokens": float(o["kv"].max()),
+               "rejected": rejected}
+    return SimpleNamespace(summary=summary, series=series)
+
+
+def run(plan, batch: int = 1024, progress: bool = True) -> Iterator[list[dict]]:
+    """Yield metrics rows per batch of points (the ODE or the step-clock model, by the plan)."""
+    if isinstance(plan, StepclockPlan):
+        yield from _run_stepclock(plan, batch, progress)
+        return
+    yield from _run_ode(plan, batch, progress)
+
+
+def _run_ode(plan: VmapPlan, batch: int = 1024, progress: bool = True) -> Iterator[list[dict]]:
     """Solve the plan's points in vmapped batches; yield each batch's metrics rows as it finishes.
 
     Integration runs in segments of ``CHUNK_POINTS`` output points on the SciPy path's grid

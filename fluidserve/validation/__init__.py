@@ -1,0 +1,1 @@
+"""Validation against real serving runs: read runs, replay them in the simulator, compare, fit presets."""

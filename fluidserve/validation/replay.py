@@ -48,6 +48,7 @@ class Requests:
     stage: np.ndarray
     stage_start_s: np.ndarray  # per stage
     prompt_id: np.ndarray  # the prompt a request uses (-1: a prompt of its own)
+    weight: np.ndarray  # weight in the stage means (1; > 1 for warm requests of a shortened replay)
 
 
 def _arrivals(rate: float, duration_s: float, kind: str, rng: np.random.Generator, n: int | None = None,
@@ -68,12 +69,13 @@ def build_requests(run: Run, seed: int = 0, max_stage_s: float | None = None) ->
     ``max_stage_s``: keep only the first ``max_stage_s`` seconds of each stage's arrivals.
     """
     rng = np.random.default_rng(seed)
-    arr, prompt, out, stage_of, starts = [], [], [], [], []
+    arr, prompt, out, stage_of, starts, full_count = [], [], [], [], [], []
     t0 = 0.0
     sp = run.shared_prefix
     for st in run.stages:
         n = len(st.input_lens) if st.input_lens is not None else None
         a = _arrivals(st.rate, st.duration_s, st.arrivals, rng, n, st.burstiness)
+        full_count.append(len(a))
         if max_stage_s is not None and len(a) > 1:
             a = a[a < max_stage_s]
         if len(a) == 0:
@@ -119,7 +121,18 @@ def build_requests(run: Run, seed: int = 0, max_stage_s: float | None = None) ->
                 cached[i] = min(system_hit, full_hit[i])
             seen_prompt[j] = True
             seen_group[g] = True
-    return Requests(arrival, P, cached, D, np.concatenate(stage_of), np.asarray(starts), prompt_id)
+    stage = np.concatenate(stage_of)
+    # a shortened replay keeps every cold request (a prompt's first round, in the first seconds) and
+    # a sample of the warm ones: weight the warm ones up to their share of the whole stage
+    weight = np.ones(len(P))
+    if max_stage_s is not None:
+        cold = cached < (P - 1) // BLOCK_TOKENS * BLOCK_TOKENS
+        for k, n_full in enumerate(full_count):
+            sel = stage == k
+            warm = sel & ~cold
+            if warm.any() and n_full > sel.sum():
+                weight[warm] = (n_full - (sel & cold).sum()) / warm.sum()
+    return Requests(arrival, P, cached, D, stage, np.asarray(starts), prompt_id, weight)
 
 
 def sim_config(run: Run, gpu: str, model: specs.ModelSpec, batch_time: BatchTimeModel) -> dict:
@@ -193,13 +206,15 @@ def stage_metrics(run: Run, reqs: Requests, first: np.ndarray, comp: np.ndarray,
         if ok.any():
             ttft = ttft_all[sel][ok]
             e = e2e[ok]
+            w = reqs.weight[sel][ok]
+            multi = D > 1
             pred = {
-                "e2e_mean": float(e.mean()), "e2e_p90": float(np.percentile(e, 90)),
+                "e2e_mean": float(np.average(e, weights=w)), "e2e_p90": float(np.percentile(e, 90)),
                 "e2e_p99": float(np.percentile(e, 99)),
-                "ttft_mean": float(ttft.mean()), "ttft_p90": float(np.percentile(ttft, 90)),
+                "ttft_mean": float(np.average(ttft, weights=w)), "ttft_p90": float(np.percentile(ttft, 90)),
                 "ttft_p99": float(np.percentile(ttft, 99)),
-                "tpot_mean": float(np.mean(np.where(D > 1, dur / entries, np.nan))) if (D > 1).any() else float("nan"),
-                "itl_mean": float(dur.sum() / entries.sum()),
+                "tpot_mean": float(np.average((dur / entries)[multi], weights=w[multi])) if multi.any() else float("nan"),
+                "itl_mean": float((w * dur).sum() / (w * entries).sum()),
                 "output_tokens_per_s": float(D.sum() / max(
                     np.nanmax(comp[sel][ok]) - np.min(reqs.arrival_s[sel]), 1e-9)),
             }

@@ -50,8 +50,8 @@ def test_memory_bound_overload_serves_at_x_max_and_queues():
     res = solve_quasistatic(cfg, wl, pooled_mix=True)
     mix = bin_mix(wl, cfg, 30.0, pooled=True)
     s = cfg.system
-    x_max = cf.capacity_arrays(cfg.batch_time_model(), mix["P"], mix["D"], mix["K"], mix["Kb"], s.M_total, s.B,
-                               s.max_num_seqs)["throughput_max"][0]
+    x_max = cf.capacity_arrays(cfg.batch_time_model(), mix["P"], mix["D"], mix["K"], mix["Kb_batch"],
+                               s.total_blocks * s.block_size, s.B, s.max_num_seqs)["throughput_max"][0]
     mid = res.series.iloc[np.searchsorted(res.t_s, 15.0)]
     assert mid["throughput_rps"] == pytest.approx(x_max, rel=1e-12)
     lam = mix["count"][0] / 30.0

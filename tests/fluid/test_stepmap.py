@@ -75,7 +75,8 @@ def test_unsupported_config_raises():
 def test_config_backend_stepmap_and_stages_conflict():
     from fluidserve.fluid import solve
 
-    cfg = cfg_with(**{"fluid.backend": "stepmap", "workload.num_requests": 600, "workload.arrival_rate": 150.0})
+    cfg = cfg_with(**{"fluid.backend": "stepmap", "workload.num_requests": 600, "workload.arrival_rate": 150.0,
+                      "fluid.bin_s": 0.5})  # 4 s of arrivals: bins shorter than the window
     res = solve(cfg, make_workload(cfg))
     assert res.summary["backend"] == "stepmap"
     # everything that arrived is served once the map has drained

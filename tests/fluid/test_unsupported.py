@@ -19,13 +19,14 @@ WL = Workload(np.linspace(0, 1, 20), np.full(20, 50), np.full(20, 10))
         ({"policy.victim_policy": "random"}, "victim_policy=random"),
         ({"policy.victim_policy": "LRU"}, "victim_policy=LRU"),
         ({"policy.queue_policy": "priority"}, "queue_policy=priority"),
-        ({"system.chunked_prefill": True}, "chunked_prefill"),
-        ({"cluster.replicas": 2, "cluster.router": "least_loaded"}, "least_loaded"),
+        ({"system.scheduler": "vllm_v0", "system.chunked_prefill": True, "system.enable_prefix_caching": False,
+          "fluid.backend": "scipy"}, "chunked_prefill"),
+        ({"cluster.replicas": 2, "cluster.router": "least_loaded", "fluid.backend": "scipy"}, "least_loaded"),
     ],
 )
 def test_unsupported_configs_raise(overrides, needle):
     with pytest.raises(UnsupportedError, match=needle):
-        fluid.solve(cfg_with(**overrides), WL)
+        fluid.solve(cfg_with(**{"fluid.bin_s": 0.1, **overrides}), WL)
 
 
 def test_round_robin_replicas_split_the_rate():
@@ -40,6 +41,6 @@ def test_round_robin_replicas_split_the_rate():
 def test_all_rejected_workload_is_an_input_error():
     from fluidserve.errors import InputError
 
-    wl = Workload(np.zeros(3), np.full(3, 5000), np.full(3, 10))
+    wl = Workload(np.linspace(0, 1, 3), np.full(3, 5000), np.full(3, 10))
     with pytest.raises(InputError, match="rejected"):
-        fluid.solve(cfg_with(), wl)
+        fluid.solve(cfg_with(**{"fluid.bin_s": 0.1}), wl)

@@ -82,11 +82,11 @@ def test_example_acceptance_on_a_short_run():
     sol = solve(build_problem(cfg), cfg.objective, cfg.integer)
     out = validate(cfg, sol, num_requests=20000)
     assert out["slos_met"] and out["slo_attainment"] >= 0.95
-    assert out["energy_saving"] >= 0.3  # mostly packing onto fewer GPUs (measured: 0.50)
+    assert out["energy_saving"] >= 0.3  # mostly packing onto fewer GPUs (measured: 0.51)
     assert abs(out["lp_vs_sim_energy_error"]) <= 0.05
     assert abs(out["lp_vs_sim_latency_error"]["chat"]["tpot"]) <= 0.15
-    for c in cfg.classes:  # TTFT with waiting behind prompts (measured: +2%, +7%, +17% at seed 7)
-        assert abs(out["lp_vs_sim_latency_error"][c.name]["ttft"]) <= 0.2
+    for c in cfg.classes:  # TTFT with waiting behind prompts (measured: +1%, +7%, +12% at seed 7)
+        assert abs(out["lp_vs_sim_latency_error"][c.name]["ttft"]) <= 0.15
     lo, hi = out["band"]["energy_saving"]
     assert lo <= out["energy_saving"] <= hi and hi - lo < 0.2
     lp_sim = out["lp"]

@@ -20,17 +20,21 @@ BT = BatchTimeModel(0.005, 1e-4, 1e-4, 1e-7)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.tuples(st.floats(0, 0.5), st.integers(1, 120), st.integers(1, 40)), min_size=1, max_size=40),
-    st.sampled_from(["swapping", "recompute"]),
+    st.sampled_from(["v1", "swapping", "recompute"]),
     st.sampled_from(["LIFO", "FIFO", "LRU"]),
     st.integers(40, 400),
     st.booleans(),
 )
 def test_token_times_match_engine_records(reqs, mode, victim, m_total, chunked):
     """Token j of every request comes once, in order; first/last agree with the engine's records,
-    also under preemption (tiny KV caches) and chunked prefill."""
+    also under preemption (tiny KV caches) and chunked prefill, for both schedulers."""
     reqs = sorted(reqs)
-    engine = ReplicaEngine(BT, M_total=m_total, block_size=8, B=128, max_num_seqs=16, mode=mode,
-                           victim_policy=victim, chunked_prefill=chunked)
+    if mode == "v1":
+        engine = ReplicaEngine(BT, scheduler="vllm_v1", M_total=m_total, block_size=8, B=128, max_num_seqs=16,
+                               chunked_prefill=True)  # without chunking B=128 would reject most requests
+    else:
+        engine = ReplicaEngine(BT, scheduler="vllm_v0", M_total=m_total, block_size=8, B=128, max_num_seqs=16,
+                               mode=mode, victim_policy=victim, chunked_prefill=chunked)
     for i, (a, p, d) in enumerate(reqs):
         engine.submit(i, a, p, d)
     times = token_times_offline(engine)

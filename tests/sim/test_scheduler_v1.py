@@ -192,3 +192,19 @@ def test_invariants(scenario):
         first = ev[ev["event"] == "admit"].drop_duplicates("req_id")
         assert list(first["req_id"]) == sorted(first["req_id"])
     assert (req["swap_count"] == 0).all()
+
+
+@pytest.mark.parametrize("scheduler", ["vllm_v1", "vllm_v0"])
+def test_abort_frees_the_request_and_the_rest_completes(scheduler):
+    kw = {"num_gpu_blocks": 100} if scheduler == "vllm_v1" else {"M_total": 1600}
+    e = ReplicaEngine(UNIT, scheduler=scheduler, block_size=16, B=1000, **kw)
+    h = [e.submit(i, 0.0, 40, 10) for i in range(3)] + [e.submit(3, 5.0, 40, 10)]
+    for _ in range(3):
+        e.step()
+    used = e.kv_blocks_used
+    assert e.request_state(h[1]) == "decoding" and e.output_tokens(h[1]) == (3 if scheduler == "vllm_v1" else 2)
+    assert e.abort(h[1]) and e.abort(h[3]) and not e.abort(h[1])
+    assert e.kv_blocks_used == used - 3  # ceil((40 + 2) / 16) blocks freed at once
+    e.run()
+    assert [e.request_state(x) for x in h] == ["done", "aborted", "done", "aborted"]
+    assert e.kv_blocks_used == 0 and e.num_pending == 0

@@ -173,7 +173,7 @@ def test_vmap_fast_path_matches_the_scipy_solve_per_point(write_sweep, tmp_path)
             {"field": "batch_time.d0_s", "values": [0.005, 0.009]}]
     sweep = load_sweep(write_sweep(engines="fluid", axes=axes,
                                    set={"workload.num_requests": 300, "fluid.num_classes": 2, "fluid.stages": 4,
-                                        "fluid.bin_s": 0.5, "system.M_total": 6000}))
+                                        "fluid.bin_s": 0.5, "system.M_total": 6000, "fluid.backend": "scipy"}))
     report = run_sweep(sweep, tmp_path, progress=False)
     assert report.vmap_points == 4 and report.computed == 4
     df = load_results(tmp_path / "t").set_index("point_id")
@@ -187,6 +187,27 @@ def test_vmap_fast_path_matches_the_scipy_solve_per_point(write_sweep, tmp_path)
     hi = df[(df["workload.arrival_rate"] == 300) & (df["batch_time.d0_s"] == 0.009)]["mean_e2e_s"].item()
     lo = df[(df["workload.arrival_rate"] == 150) & (df["batch_time.d0_s"] == 0.005)]["mean_e2e_s"].item()
     assert hi > lo
+
+
+def test_vmap_fast_path_of_the_stepclock_model(write_sweep, tmp_path):
+    pytest.importorskip("jax")
+    from fluidserve.fluid.stepclock_solve import solve_stepclock
+    from fluidserve.sweep.metrics import fluid_metrics
+    from fluidserve.workload import make_workload
+
+    axes = [{"field": "workload.arrival_rate", "values": [150, 300]},
+            {"field": "batch_time.d0_s", "values": [0.005, 0.009]}]
+    sweep = load_sweep(write_sweep(engines="fluid", axes=axes,
+                                   set={"workload.num_requests": 300, "fluid.bin_s": 0.5, "system.M_total": 6000}))
+    report = run_sweep(sweep, tmp_path, progress=False)
+    assert report.vmap_points == 4 and report.computed == 4
+    df = load_results(tmp_path / "t").set_index("point_id")
+    for point in (sweep.points[0], sweep.points[3]):
+        # the vmap rows are the fluid limit's means (no n = 1 step fluctuations), at the sweep's stride
+        ref = fluid_metrics(solve_stepclock(point.config, make_workload(point.config), fluctuations=False))
+        row = df.loc[point.point_id]
+        for metric in ("completed", "mean_e2e_s", "throughput_rps", "peak_kv_memory_tokens"):
+            assert row[metric] == pytest.approx(ref[metric], rel=0.03), metric
 
 
 def test_vmap_does_not_apply_to_non_numeric_axes(write_sweep):
