@@ -90,11 +90,6 @@ class SystemConfig(_Strict):
                     )
             if self.kv_bytes_per_token is None:
                 object.__setattr__(self, "kv_bytes_per_token", 131072)
-        if self.M_total < self.block_size:
-            raise ValueError(
-                f"system.M_total = {self.M_total} tokens is below one KV block (system.block_size = {self.block_size}):"
-                " zero blocks, every request would be rejected"
-            )
         return self
 
     @property
@@ -307,6 +302,12 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _sizes(self) -> "Config":
+        sysc = self.system  # checked here, not in SystemConfig: code builds placeholder systems
+        if sysc.total_blocks < 1:
+            raise ValueError(
+                f"system.M_total = {sysc.M_total} tokens gives {sysc.total_blocks} usable KV blocks of "
+                f"system.block_size = {sysc.block_size} (vllm_v1 keeps one null block): every request would be rejected"
+            )
         w = self.workload
         if self.fluid.enabled and w.source == "synthetic" and w.arrival_rate is not None:
             guards.check_fluid_sizes(self.fluid, w.num_requests / w.arrival_rate, estimated=True)

@@ -53,6 +53,7 @@ DESCRIPTIONS = {
     "cluster.replicas": "engine replicas behind the router",
     "cluster.router": "how requests are spread over replicas",
     "cluster.weights": "one finite weight >= 0 per replica (router weighted)",
+    "workload.shared_prefix.num_groups": "number of shared system prompts (each request gets one of them)",
     "fluid.enabled": "solve the fluid model after the simulator in the main job",
     "fluid.rtol": "relative tolerance of the ODE solver",
     "fluid.atol": "absolute tolerance of the ODE solver",

@@ -98,7 +98,7 @@ def _run_fluid(cfg, workload, result, exp_dir: Path, figures: bool) -> dict:
     except ImportError as exc:
         log(f"fluid model unavailable: {exc}")
         return {"status": "unavailable", "reason": str(exc)}
-    try:
+    try:  # fluid.solve refuses windows it cannot model (UnsupportedError: skipped with the reason)
         t0 = time.perf_counter()
         fres = fluid.solve(cfg, workload)
         solve_s = time.perf_counter() - t0

@@ -18,7 +18,8 @@ import yaml
 from fluidserve.__main__ import main as fluidserve_main
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+# the seed's vLLM V0 config: the scheduler the fluid model follows (some cases below run it)
+BASE = yaml.safe_load((ROOT / "config" / "seed_swapping.yaml").read_text())
 BASE["workload"]["num_requests"] = 200
 
 
@@ -27,7 +28,7 @@ SEED_FLUID = {"system__scheduler": "vllm_v0", "system__enable_prefix_caching": F
 
 
 def config(**patch) -> str:
-    """The default config (200 requests) with ``a__b=value`` patches, as YAML text."""
+    """config/seed_swapping.yaml (200 requests) with ``a__b=value`` patches, as YAML text."""
     data = json.loads(json.dumps(BASE))
     for dotted, value in patch.items():
         node = data
@@ -58,7 +59,7 @@ RUN = ["run", "--config", "cfg.yaml", "--no-figures", "--quiet", "--output-dir",
 CASES = [
     ("seed-negative", {"cfg.yaml": config(seed=-1)}, RUN, ["seed", "-1"]),
     ("gen-seed-negative", {}, ["generate-requests", "--seed", "-1", "--output", "x.csv"], ["--seed", "-1"]),
-    ("non-utf8-config", {"cfg.yaml": config().encode().replace(b"name: default", b"name: d\xff")}, RUN,
+    ("non-utf8-config", {"cfg.yaml": config().encode().replace(b"name: seed_swapping", b"name: s\xff")}, RUN,
      ["cfg.yaml", "not UTF-8", "0xff"]),
     ("num-requests-1e9", {"cfg.yaml": config(workload__num_requests=10**9)}, RUN,
      ["workload.num_requests", "1,000,000,000", "GiB", "limit is 10,000,000"]),
@@ -181,7 +182,7 @@ def test_some_requests_too_large_warns_with_the_count(tmp_path, monkeypatch, cap
     files = {"t.csv": TRACE + "0,10,10\n1,100,100\n2,10,20\n", "cfg.yaml": trace_config("t.csv", system__M_total=160)}
     summary, err = run_json(tmp_path, monkeypatch, capsys, files, "--no-fluid")
     assert summary["rejected"] == 1 and summary["completed"] == 2
-    assert "warning: 1 of 3 requests will be rejected" in err and "system.M_total = 160" in err
+    assert "warning: 1 of 3 requests will be rejected" in err and "system.M_total = 160" in err and "largest request 200" in err
 
 
 def test_experiments_list_marks_corrupt_and_incomplete(tmp_path, capsys):

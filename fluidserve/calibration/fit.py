@@ -481,9 +481,9 @@ def plot_residuals(results: Sequence[FitResult]):
         for ax in row:
             ax.axhline(0, color="k", lw=0.8)
             ax.grid(True, alpha=0.3)
-            ax.set_ylabel("(measured - fit) / measured [%]")
+            ax.set_ylabel("(measured - fit) / measured (%)")
         row[0].set_xscale("log")
-        row[0].set_xlabel("measured step time [ms]")
+        row[0].set_xlabel("measured step time (ms)")
         row[1].set_xlabel("KV tokens read in the step")
         row[0].set_title(f"{label} model: MAPE {100 * res.mape:.2f}%, max {100 * res.max_error:.2f}%")
         row[0].legend(fontsize=8)

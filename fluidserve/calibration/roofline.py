@@ -284,8 +284,8 @@ def plot_roofline(
         for phase in dict.fromkeys(phases):
             sel = phases == phase
             ax.scatter(x[sel], y[sel], s=18, label=f"measured {phase} ({m.name})", zorder=3)
-    ax.set_xlabel("arithmetic intensity [FLOP/byte]")
-    ax.set_ylabel("attainable throughput [FLOP/s]")
+    ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+    ax.set_ylabel("attainable throughput (FLOP/s)")
     ax.set_title(f"Roofline: {g.name} ({g.peak_flops / 1e12:.0f} TFLOP/s, {g.mem_bandwidth_Bps / 1e12:.2f} TB/s)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

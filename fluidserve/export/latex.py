@@ -2,8 +2,9 @@
 
 * :func:`latex_style` is a context manager with LaTeX-like matplotlib rcParams (serif Computer
   Modern fonts, 8 pt text); build figures inside it for a consistent look.
-* :func:`export_figure` saves any Figure at the standard widths (``column`` = 3.4 in,
-  ``text`` = 7.0 in; or a number of inches) as ``<stem>_<width>.pgf`` and ``.pdf``. Text sizes
+* :func:`export_figure` saves any Figure at the standard widths (``column`` = 3.0 in, ``text`` =
+  6.2 in: they fit a two-column ``article`` page on letter and A4; or a number of inches) as
+  ``<stem>_<width>.pgf`` and ``.pdf``. Text sizes
   are set in points, so an ``\\input{...pgf}`` figure matches the document's fonts (the document
   needs ``\\usepackage{pgf}``; the file defines matplotlib's ``\\mathdefault`` itself). Writing PGF
   needs a TeX installation (matplotlib measures text with pdflatex); PDF does not (it then
@@ -25,7 +26,10 @@ import pandas as pd
 
 from fluidserve.errors import InputError, MissingDependencyError
 
-WIDTHS_IN = {"column": 3.4, "text": 7.0}
+# LaTeX's article class, two columns, 10 pt: \textwidth = paper width - 2 in (6.5 in on letter,
+# 6.27 in on A4), \columnsep = 10 pt, so \columnwidth = 3.18 in (letter) / 3.06 in (A4). These
+# widths fit both papers (at 3.4 / 7.0 in a figure stuck out of an article's column and page).
+WIDTHS_IN = {"column": 3.0, "text": 6.2}
 FONT_PT = {"title": 9.0, "label": 8.0, "tick": 7.0, "legend": 7.0}
 TEX_SYSTEM = "pdflatex"
 PGF_PREAMBLE = "\n".join([r"\usepackage[T1]{fontenc}", r"\usepackage{lmodern}", r"\usepackage{amsmath}"])
@@ -173,7 +177,7 @@ def export_figure(fig, stem: str | Path, widths: Iterable[str | float] = ("colum
     """Save ``fig`` for LaTeX at each width: ``<stem>_<width>.<fmt>``; returns the paths written.
 
     Args:
-        widths: "column" (3.4 in), "text" (7.0 in) or inches.
+        widths: "column" (3.0 in), "text" (6.2 in) or inches.
         formats: "pgf" (needs pdflatex, else MissingDependencyError), "pdf", "png".
         aspect: height / width; default: the figure's own aspect (at most 0.6 at widths over 5 in).
     """
@@ -239,12 +243,20 @@ def table_latex(df: pd.DataFrame, columns: Mapping[str, str] | None = None, prec
 
     Args:
         columns: column -> header text (plain text, escaped); others keep their (escaped) names.
-        precision: significant digits of floats (``{:.{p}g}``); integers stay integers.
+            A ``(group, sub)`` tuple makes a two-row header: ``group`` spans its columns
+            (``\multicolumn``), ``sub`` is written below it (e.g. a metric over its engines).
+        precision: significant digits of the largest value of a float column; every value of the
+            column gets the same number of decimals, so the column's digits line up (as siunitx's
+            fixed rounding does); columns beyond [1e-3, 1e6) use scientific notation with
+            ``precision`` digits. Integral floats print as integers.
     """
     if df.empty:
         raise InputError("cannot export an empty table")
     frame = df.copy()
-    headers = {c: _escape((columns or {}).get(c, c)) for c in frame.columns}
+    raw = {c: (columns or {}).get(c, c) for c in frame.columns}
+    two_rows = any(isinstance(h, tuple) for h in raw.values())
+    headers = {c: tuple(_escape(x) for x in h) if isinstance(h, tuple) else ((_escape(h), "") if two_rows else _escape(h))
+               for c, h in raw.items()}
     formatters = {}
     for c in frame.columns:
         col = frame[c]
@@ -253,19 +265,32 @@ def table_latex(df: pd.DataFrame, columns: Mapping[str, str] | None = None, prec
             if integral:
                 formatters[c] = lambda v: "--" if pd.isna(v) else f"{int(v):d}"
             else:
-                formatters[c] = lambda v, p=precision: "--" if pd.isna(v) else f"{v:.{p}g}"
+                formatters[c] = _column_format(col, precision)
         elif pd.api.types.is_integer_dtype(col) or pd.api.types.is_bool_dtype(col):
             formatters[c] = str
         else:
             formatters[c] = lambda v: _escape(v)
-    frame = frame.rename(columns=headers)
+    frame.columns = pd.MultiIndex.from_tuples([headers[c] for c in frame.columns]) if two_rows \
+        else [headers[c] for c in frame.columns]
     styler = frame.style.hide(axis="index")
     styler = styler.format({headers[c]: f for c, f in formatters.items()})
     align = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
     kwargs = {"hrules": True, "column_format": align}
+    if two_rows:
+        kwargs["multicol_align"] = "c"
     if caption is not None or label is not None:
         kwargs.update(caption=_escape(caption) if caption else None, label=label, position_float="centering")
     return styler.to_latex(**kwargs)
+
+
+def _column_format(col: pd.Series, precision: int):
+    """One format for every value of a float column (see :func:`table_latex`)."""
+    finite = col[np.isfinite(col)].abs()
+    big = float(finite.max()) if len(finite) else 0.0
+    if big == 0.0 or 1e-3 <= big < 1e6:
+        decimals = max(0, precision - 1 - int(np.floor(np.log10(big)))) if big > 0 else precision - 1
+        return lambda v, d=decimals: "--" if pd.isna(v) else f"{v:.{d}f}"
+    return lambda v, p=precision: "--" if pd.isna(v) else f"{v:.{p - 1}e}"
 
 
 def export_table(df: pd.DataFrame, path: str | Path, **kwargs) -> Path:

@@ -142,7 +142,7 @@ def fluid_vs_sim_figure(fluid: FluidResult, sim: SimResult, scale: float = 1.0, 
     fig = Figure(figsize=(11, 7), layout="constrained")
     axes = fig.subplots(3, 2).ravel()
     t = fluid.t_s
-    labels = {"waiting": "waiting", "running": "running", "swapped": "swapped", "kv_memory_tokens": "KV memory [tokens]"}
+    labels = {"waiting": "waiting", "running": "running", "swapped": "swapped", "kv_memory_tokens": "KV memory (tokens)"}
     for ax, (fcol, scol) in zip(axes, PAIRS.items()):
         ax.step(t, sim_on_grid(sim, t, scol) / scale, where="post", lw=0.8, color="0.5", label=f"simulator / {scale:g}")
         ax.plot(t, fluid[fcol], lw=1.4, color="C0", label="fluid")
@@ -152,16 +152,21 @@ def fluid_vs_sim_figure(fluid: FluidResult, sim: SimResult, scale: float = 1.0, 
     if len(snaps):
         ax.plot(snaps["time"], snaps["batch_duration"] * 1e3, lw=0.5, color="0.5", label="simulator")
     ax.plot(t, fluid["step_time_s"] * 1e3, lw=1.4, color="C0", label="fluid")
-    ax.set_ylabel("step time [ms]")
+    ax.set_ylabel("step time (ms)")
     ax = axes[5]
     ax.plot(t, fluid["throughput_rps"], lw=1.4, color="C0", label="fluid completions/s")
     ax.plot(t, fluid["arrival_rate"], lw=0.8, color="C1", label="fluid arrivals/s")
-    ax.set_ylabel("rate [req/s]")
+    ax.set_ylabel("rate (req/s)")
     for ax in axes:
-        ax.set_xlabel("time [s]")
+        ax.set_xlabel("time (s)")
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(title or f"fluid vs simulator (scale n = {scale:g})")
     return fig
+
+
+#: readable panel titles of the crosscheck series.
+SERIES_TITLES = {"waiting": "waiting requests", "running": "running requests", "swapped": "swapped requests",
+                 "kv_memory_tokens": "KV memory (tokens)"}
 
 
 def convergence_figure(table: pd.DataFrame):
@@ -185,8 +190,8 @@ def convergence_figure(table: pd.DataFrame):
                           label=f"{name}, one-step tolerant")
         ns = np.array(sorted(table["n"].unique()), dtype=float)
         ax.loglog(ns, 0.5 * ns ** -0.5, "k--", lw=0.8, label=r"$\propto n^{-1/2}$")
-        ax.axhline(0.02, color="r", lw=0.6, ls=":")
-        ax.set_title(col)
+        ax.axhline(0.02, color="r", lw=0.8, ls=":", label="2% error")
+        ax.set_title(SERIES_TITLES.get(col, col.replace("_", " ")))
         ax.set_xlabel("scale n")
     np.atleast_1d(axes)[0].set_ylabel("normalized sup-norm error")
     handles, labels = np.atleast_1d(axes)[-1].get_legend_handles_labels()

@@ -158,7 +158,7 @@ def latency_distributions(runs: list[dict[str, Any]]):
                     what = "measured" if source == "_measured" else "predicted"
                     ax.step(np.r_[x[0], x] * 1e3, np.arange(len(x) + 1) / len(x), style, where="post", color=COLORS[r["layout"]],
                             label=f"{LAYOUT_LABELS[r['layout']]}, {what}")
-        ax.set_xlabel(f"{METRIC_LABELS[k]} [ms]")
+        ax.set_xlabel(f"{METRIC_LABELS[k]} (ms)")
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3)
     if axes[0].lines:
@@ -182,7 +182,7 @@ def latency_means(runs: list[dict[str, Any]]):
                    hatch="//" if what == "predicted" else None, alpha=0.6 if what == "predicted" else 1.0,
                    label=f"{LAYOUT_LABELS[r['layout']]}, {what}")
     ax.set_xticks(np.arange(len(metrics)), [METRIC_LABELS[k] for k in metrics], rotation=20)
-    ax.set_ylabel("mean [ms]")
+    ax.set_ylabel("mean (ms)")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return fig
@@ -206,13 +206,13 @@ def power_over_time(runs: list[dict[str, Any]]):
                 ax.axvspan(win[0], win[1], alpha=0.08, color="k")
                 ax.text(win[0], 0.02, name, transform=ax.get_xaxis_transform(), fontsize=7)
         ax.set_title(LAYOUT_LABELS[r["layout"]], fontsize=9)
-        ax.set_xlabel("time since start of monitoring [s]")
+        ax.set_xlabel("time since start of monitoring (s)")
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "no power trace", ha="center", va="center", transform=ax.transAxes)
-    axes[0].set_ylabel("board power [W]")
+    axes[0].set_ylabel("board power (W)")
     return fig
 
 

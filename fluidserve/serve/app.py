@@ -16,8 +16,9 @@ the cache, or a prompt over the token budget B without chunked prefill) get 400.
 Safety: ``api_key`` (Bearer token) guards everything but /health and /metrics; bodies over
 ``max_body_bytes`` get 413; more than ``max_concurrency`` requests in flight get 429; while
 draining (shutdown) new requests get 503. Errors use OpenAI's error body. A client that
-disconnects stops its stream; its request still runs to completion inside the simulator (the
-engine has no abort), which is how its load is accounted for.
+disconnects mid-stream has its request aborted in the engine (``engine.abort``, as vLLM does:
+its KV blocks and batch slot are freed) and counted in ``vllm:request_success_total`` with
+``finished_reason="abort"``; ``/sim/requests`` lists it with state ``aborted``.
 
 Roles (``role``, fluidserve/serve/roles.py): ``single`` (the above), ``prefill`` (one token
 after the prefill step plus ``kv_transfer_params`` with the modeled KV transfer) and ``decode``
@@ -362,20 +363,24 @@ def create_app(state: ServeState):
     async def _events(stream: TokenStream, shape: ResponseShape, include_usage: bool):
         sent = 0
         total = stream.decode_tokens
-        while sent < total:
-            n = await stream.wait_beyond(sent)
-            if stream.cancelled is not None:
-                yield shape.error_chunk(APIError(503, stream.cancelled, "server_error", code=503))
-                yield DONE_EVENT
-                return
-            if n == sent + 1:
-                yield shape.token_chunk(sent)
-            else:
-                yield "".join(shape.token_chunk(k) for k in range(sent, n))
-            sent = n
-        if include_usage:
-            yield shape.usage_chunk()
-        yield DONE_EVENT
+        try:
+            while sent < total:
+                n = await stream.wait_beyond(sent)
+                if stream.cancelled is not None:
+                    yield shape.error_chunk(APIError(503, stream.cancelled, "server_error", code=503))
+                    yield DONE_EVENT
+                    return
+                if n == sent + 1:
+                    yield shape.token_chunk(sent)
+                else:
+                    yield "".join(shape.token_chunk(k) for k in range(sent, n))
+                sent = n
+            if include_usage:
+                yield shape.usage_chunk()
+            yield DONE_EVENT
+        finally:  # the client disconnected (the generator is closed or cancelled) before the end
+            if not stream.finished and stream.cancelled is None and state.driver.abort(stream):
+                state.metrics.observe_abort()
 
     @app.post("/v1/completions")
     async def completions(request: Request):

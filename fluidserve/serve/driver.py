@@ -90,6 +90,7 @@ class TokenStream:
     first_token_s: float = math.nan
     completion_s: float = math.nan
     cancelled: str | None = None  # reason, when the server ends the stream early
+    aborted: bool = False  # the client went away and the engine dropped the request
     _event: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -159,6 +160,19 @@ class SimDriver:
             self._wake.set()
         return stream
 
+    def abort(self, stream: TokenStream) -> bool:
+        """The client of ``stream`` went away: drop its request from the engine (as vLLM aborts
+        a request whose client disconnects), freeing its KV blocks and batch slot. Returns
+        whether it was still in the system (a finished request is not aborted)."""
+        if stream.finished or stream.aborted or self.active.get(stream.local) is not stream:
+            return False
+        del self.active[stream.local]
+        stream.aborted = True
+        aborted = bool(self.engine.abort(stream.local))
+        if self._wake is not None:
+            self._wake.set()
+        return aborted
+
     # ------------------------------------------------------------------- loop
     def next_step_start_s(self) -> float | None:
         """Simulated start time of the next engine step, or None when the engine is idle."""
@@ -195,10 +209,11 @@ class SimDriver:
                 self.steps += 1
                 await self._sleep_until(t_end)
                 lag_s = time.monotonic() - self.clock.wall_of(t_end)
+                due = [stream for stream in due if not stream.aborted]  # aborted during the step's wait
                 for stream in due:
                     stream._release(stream.scheduled, t_end)
                     if stream.finished:
-                        del self.active[stream.local]
+                        self.active.pop(stream.local, None)
                 if self.observer is not None:
                     self.observer(snapshot, due, lag_s)
         except asyncio.CancelledError:

@@ -100,6 +100,10 @@ class ServeMetrics:
     def observe_request(self, prompt_tokens: int) -> None:
         self.prompt_tokens.inc(prompt_tokens)
 
+    def observe_abort(self) -> None:
+        """A request aborted because its client disconnected (vLLM's finished_reason ``abort``)."""
+        self.success.labels(model_name=self.model_name, finished_reason="abort").inc()
+
     def observe_step(self, snapshot: tuple | None, released: list[TokenStream], lag_s: float) -> None:
         """Driver observer: one call per engine step, after its tokens are released."""
         self.steps.inc()

@@ -138,8 +138,8 @@ def plot(stage_rows: Sequence[dict], metrics: Sequence[str] = MAIN_METRICS, titl
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
         unit = "tokens/s" if k == "output_tokens_per_s" else "s"
-        ax.set_xlabel(f"measured {k} [{unit}]")
-        ax.set_ylabel(f"predicted {k} [{unit}]")
+        ax.set_xlabel(f"measured {k} ({unit})")
+        ax.set_ylabel(f"predicted {k} ({unit})")
         ax.set_title(f"{k}: MAPE {errs[k]:.1f}%" if math.isfinite(errs[k]) else k, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     for name, c in colors.items():

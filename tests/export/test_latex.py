@@ -147,3 +147,16 @@ def test_partial_tex_install_falls_back_to_pdf_naming_the_package(tmp_path, monk
     assert sorted(p.name for p in paths) == ["b_column.pdf", "b_text.pdf"]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "lmodern" in warnings[0] and "PDF only" in warnings[0]
+
+
+def test_columns_share_decimals_and_engines_go_in_a_second_header_row():
+    df = pd.DataFrame({"rate": [100, 200], "e2e|fluid": [0.4321, 12.5], "e2e|sim": [0.001234, np.nan]})
+    tex = table_latex(df, columns={"rate": "arrival rate (req/s)", "e2e|fluid": ("mean E2E (s)", "fluid"),
+                                   "e2e|sim": ("mean E2E (s)", "sim")})
+    lines = [ln.strip() for ln in tex.splitlines()]
+    assert r"arrival rate (req/s) & \multicolumn{2}{c}{mean E2E (s)} \\" in lines
+    assert r"& fluid & sim \\" in lines
+    # 3 significant digits on the column's largest value, the same decimals for the whole column
+    assert r"100 & 0.4 & 0.00123 \\" in lines and r"200 & 12.5 & -- \\" in lines
+    tiny = table_latex(pd.DataFrame({"x": [2.5e-5, 3.25e-6]}))
+    assert "2.50e-05" in tiny and "3.25e-06" in tiny

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from fluidserve.errors import InputError
+from fluidserve.export import latex as lx
 from fluidserve.export import sweep_plots as sp
 from fluidserve.export.latex import export_figure
 
@@ -59,7 +60,7 @@ def test_heatmap_cells_hold_the_metric(results, tmp_path):
     assert np.allclose(cells, table.to_numpy())
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["100", "200", "300"]
     paths = export_figure(fig, tmp_path / "hm", widths=("column",), formats=("pdf",))
-    check_pdf(paths[0], 3.4, max_ink=0.95)
+    check_pdf(paths[0], lx.WIDTHS_IN["column"], max_ink=0.95)
 
 
 def test_fluid_vs_sim_pairs_points(results):

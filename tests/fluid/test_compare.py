@@ -37,3 +37,18 @@ def test_symmetric():
     tau = np.full_like(t, 0.03)
     a, b = _step(t, 0.5), _step(t, 0.5) + np.where((t > 0.2) & (t < 0.22), 3.0, 0.0)
     assert tolerant_sup(a, b, t, tau) == tolerant_sup(b, a, t, tau) == 3.0
+
+
+def test_convergence_figure_labels_the_2_percent_line_and_names_series():
+    import pandas as pd
+
+    from fluidserve.fluid.compare import convergence_figure
+
+    rows = [{"scenario": s, "n": n, **{f"{k}_err_{c}": 0.3 / n ** 0.5 for k in ("sup", "tol")
+                                          for c in ("waiting", "running", "swapped", "kv_memory_tokens")}}
+            for s in ("underloaded", "bursty") for n in (1, 4, 16)]
+    fig = convergence_figure(pd.DataFrame(rows))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["waiting requests", "running requests", "swapped requests", "KV memory (tokens)"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "2% error" in labels and "underloaded" in labels and "bursty, one-step tolerant" in labels

@@ -66,3 +66,38 @@ def test_stop_signal_writes_request_traces(start_server, tmp_path, sig):
 def test_public_bind_warns(start_server):
     srv = start_server(extra_args=["--host", "0.0.0.0"])
     assert "warning: --host 0.0.0.0" in srv.log() and "reachable from other machines" in srv.log()
+
+
+def _metric(srv, name, **labels):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(srv.url + "/metrics", timeout=10).text
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def test_client_disconnect_aborts_its_request_in_the_engine(start_server):
+    """vLLM aborts a request whose client goes away; so does the endpoint (KV freed, counted as abort)."""
+    import time
+
+    srv = start_server(time_scale=0.02)  # ~0.2 s wall per step: 300 tokens would take about a minute
+    body = {"model": MODEL, "prompt": "a b c", "max_tokens": 300, "stream": True}
+    with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=60) as resp:
+        events = []
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                events.append(line)
+            if len(events) == 2:
+                break  # leave mid-stream: closing the response drops the connection
+    deadline = time.monotonic() + 30
+    while _metric(srv, "vllm:request_success_total", finished_reason="abort") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _metric(srv, "vllm:request_success_total", finished_reason="abort") == 1
+    assert _metric(srv, "vllm:request_success_total", finished_reason="length") == 0
+    assert _metric(srv, "vllm:num_requests_running") == 0 and _metric(srv, "vllm:gpu_cache_usage_perc") == 0
+    # the server goes on serving; the next request is not slowed by the aborted one
+    done = post(srv, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1})
+    assert done.status_code == 200

@@ -78,13 +78,16 @@ def test_decode_role_continues_a_transferred_request(decode_server):
     ready = time.monotonic() + 0.3
     body = {"model": MODEL, "prompt": list(range(P)), "max_tokens": D, "kv_transfer_params": {"kv_ready_monotonic_s": ready}}
     resp = httpx.post(srv.url + "/v1/completions", json=body, timeout=30)
+    answered = time.monotonic()
     assert resp.status_code == 200, resp.text
-    assert time.monotonic() >= ready
+    assert answered >= ready
     assert resp.json()["usage"]["completion_tokens"] == D
     sim = httpx.get(srv.url + "/sim/requests", timeout=30).json()
     rec = sim["requests"][0]
-    # entered the engine when the KV arrived (same host clock), give or take the event loop's lag
-    assert rec["arrival_time"] == pytest.approx((ready - sim["t0_monotonic_s"]) * sim["time_scale"], abs=0.05)
+    # entered the engine when the KV arrived (same host clock), or later when the request itself
+    # came later (a busy machine): never before the KV, never after the answer came back
+    to_sim = lambda wall: (wall - sim["t0_monotonic_s"]) * sim["time_scale"]  # noqa: E731
+    assert to_sim(ready) - 1e-3 <= rec["arrival_time"] <= to_sim(answered)
     # no prefill step: token 1 comes from the first decode step
     assert rec["first_token_time"] - rec["arrival_time"] == pytest.approx(D0 + D1D + D2 * P, abs=1e-9)
     decode_steps = sum(D0 + D1D + D2 * (P + j) for j in range(1, D))

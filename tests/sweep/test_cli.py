@@ -32,7 +32,7 @@ def test_json_report_figures_and_tables(write_sweep, tmp_path, capsys):
     assert ("vs_system_M_total_column.pgf" in names) == tex_available()
     table = (out / "t" / "tables" / "points.tex").read_text()
     assert table.count(r"\\") == 7  # header + 6 points
-    assert "mean end-to-end (s)" in table and r"\toprule" in table
+    assert "mean E2E (s)" in table and r"\toprule" in table
     df = load_results(out / "t")
     assert len(df) == 6 and df.attrs["fields"] == ["workload.arrival_rate", "system.M_total"]
     # through the dispatcher, the same sweep is already complete
