@@ -239,7 +239,7 @@ def _escape(text: str) -> str:
 
 def table_latex(df: pd.DataFrame, columns: Mapping[str, str] | None = None, precision: int = 3,
                 caption: str | None = None, label: str | None = None) -> str:
-    """A booktabs ``tabular`` (inside a ``table`` when ``caption`` or ``label`` is given).
+    r"""A booktabs ``tabular`` (inside a ``table`` when ``caption`` or ``label`` is given).
 
     Args:
         columns: column -> header text (plain text, escaped); others keep their (escaped) names.
