@@ -61,7 +61,7 @@ def test_single_run_writes_both_phases_power_and_logs(runs):
     e2e = pd.read_csv(d / "single_e2e_requests.csv").sort_values("req_id")
     assert (pre["tokens_received"] == 1).all()  # the prefill phase: max_tokens=1
     assert e2e["tokens_received"].tolist() == runs["requests"]["decode_length"].tolist()
-    assert res["power"]["0"]["avg_power_w"] == pytest.approx(300.0, rel=0.01)  # the fake GPU draws 300 W
+    assert res["power"]["0"]["avg_power_w"] == pytest.approx(300.0, rel=0.05)  # the fake GPU draws 300 W (5%: see below)
     for phase in res["phases"].values():  # constant 300 W over the phase's window
         t0, t1 = phase["power_window_s"]
         assert phase["power"]["0"]["energy_j"] == pytest.approx(300.0 * (t1 - t0), rel=0.1)
@@ -84,7 +84,9 @@ def test_disagg_run_goes_through_the_proxy_with_the_modeled_kv_transfer(runs):
     assert measured["kv_transfer_reported_s"].to_numpy() == pytest.approx(expected.to_numpy(), rel=1e-9)
     assert res["kv_transfer_source"] == "server"
     assert res["power"]["0"]["role"] == "prefill" and res["power"]["1"]["role"] == "decode"
-    assert res["power"]["1"]["avg_power_w"] == pytest.approx(250.0, rel=0.01)
+    # the decode GPU's fake draws 250 W, the prefill GPU's 300 W: 5% still tells them apart, and
+    # allows for the scheduling gap between the energy-counter read and its timestamp on a busy CPU
+    assert res["power"]["1"]["avg_power_w"] == pytest.approx(250.0, rel=0.05)
     assert {s["name"]: s["exit_code"] for s in res["servers"]} == {"prefill": 0, "decode": 0, "proxy": 0}
 
 
