@@ -100,14 +100,19 @@ class ManagedServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
 
-    def stop(self) -> int | None:
-        """SIGINT to the process group, then SIGTERM, then SIGKILL; returns the exit code."""
+    def stop(self, interrupted: bool = False) -> int | None:
+        """SIGINT to the process group, then SIGTERM, then SIGKILL; returns the exit code.
+
+        ``interrupted``: SIGINT was already sent (:meth:`ServerGroup.stop_all`), so the first stage
+        only waits: a second SIGINT during a graceful shutdown makes uvicorn exit at once (-2).
+        """
         if self.proc is None:
             return None
         for sig, wait_s in ((signal.SIGINT, self.stop_timeout_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
             if self.proc.poll() is not None:
                 break
-            self.signal(sig)
+            if not (interrupted and sig == signal.SIGINT):
+                self.signal(sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(wait_s)
         with contextlib.suppress(ProcessLookupError):  # children left behind by a server that exited
@@ -137,5 +142,5 @@ class ServerGroup:
             server.signal(signal.SIGINT)
         codes = {}
         for server in reversed(self.servers):
-            codes[server.spec.name] = server.stop()
+            codes[server.spec.name] = server.stop(interrupted=True)
         return codes
