@@ -302,7 +302,7 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _sizes(self) -> "Config":
-        sysc = self.system  # checked here, not in SystemConfig: code builds placeholder systems
+        sysc = self.system  # checked here, not in SystemConfig: internal code builds minimal stand-in systems
         if sysc.total_blocks < 1:
             raise ValueError(
                 f"system.M_total = {sysc.M_total} tokens gives {sysc.total_blocks} usable KV blocks of "
