@@ -43,6 +43,12 @@ SCENARIOS: dict[str, dict] = {
         "workload.source": "synthetic", "workload.scenario": "bursty", "workload.arrival_process": "poisson",
         "workload.arrival_rate": 150.0, "workload.num_requests": 3000, "fluid.bin_s": 0.1,
     },
+    "shared_prefix": {  # four 1000-token system prompts, prefix caching on (vllm_v1): hits skip compute
+        "workload.source": "synthetic", "workload.scenario": "normal", "workload.arrival_process": "poisson",
+        "workload.arrival_rate": 150.0, "workload.num_requests": 1500, "fluid.bin_s": 2.0,
+        "system.scheduler": "vllm_v1", "system.chunked_prefill": True, "system.enable_prefix_caching": True,
+        "workload.shared_prefix": {"num_groups": 4, "system_prompt_len": 1000, "question_len": [20, 200]},
+    },
     "azure": {  # the shipped Azure conv trace, first 300 s, rates binned at 5 s; D reaches 1000, so
         # decode ages are grouped in 100 stages of 10 tokens (exact stages: 4000 per class, too slow)
         "workload.source": "trace", "workload.trace": {"path": "__AZURE__", "format": "azure", "end_s": 300.0},
@@ -99,8 +105,11 @@ def solve_reference(cfg, reference, backend: str | None = None):
     if backend in ("stepclock", "stepclock_jax"):
         from fluidserve.fluid.stepclock_solve import solve_stepclock
 
-        return solve_stepclock(cfg, reference, impl="jax" if backend == "stepclock_jax" else "numpy", pooled_mix=True,
-                               fluctuations=False)
+        # one engine step per macro step unless the config sets a stride: the limit's own step map
+        # (a stride > 1 spreads a macro step's admissions evenly and cannot follow a burst's ramp)
+        stride = cfg.fluid.step_stride if cfg.fluid.step_stride is not None else 1
+        return solve_stepclock(cfg, reference, impl="jax" if backend == "stepclock_jax" else "numpy", stride=stride,
+                               pooled_mix=True, fluctuations=False)
     if backend == "quasistatic":  # no class tables: bins of the reference, its pooled mean request
         from fluidserve.fluid.quasistatic import solve_quasistatic
 

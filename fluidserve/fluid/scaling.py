@@ -6,7 +6,9 @@ multiplied by n, the per-token batch-time coefficients divided by n
 (:meth:`BatchTimeModel.scaled`) and the swap bandwidth multiplied by n, so step times stay O(1)
 and counts / n converge to the fluid solution. Request lengths are drawn i.i.d. from the base
 workload's admissible (P, D) pairs (the law the fluid classes keep exactly). The base workload
-is filtered with the base (n = 1) rejection rule, so no scale rejects anything.
+is filtered with the base (n = 1) rejection rule, so no scale rejects anything. Shared system
+prompts (prefix groups) are copied n times, each request drawn into one of its group's copies:
+the cached prefix memory and the first-request misses grow with n like everything else.
 """
 
 from __future__ import annotations
@@ -41,8 +43,14 @@ def scaled_workload(reference: Workload, n: float, bin_s: float, seed: int) -> W
     starts = np.repeat(np.arange(len(lam)) * bin_s, counts)
     times = np.sort(starts + rng.random(total) * bin_s)
     pick = rng.integers(0, len(reference), size=total)
+    group = reference.prefix_group[pick]
+    if (group >= 0).any():  # n copies of every shared prompt: shared memory and first misses grow with n
+        copies = max(1, int(round(n)))
+        groups = int(reference.prefix_group.max()) + 1
+        group = np.where(group >= 0, group + groups * rng.integers(0, copies, size=total), -1)
     return Workload(times, reference.prefill_tokens[pick], reference.decode_tokens[pick],
-                    name=f"{reference.name}-x{n:g}")
+                    name=f"{reference.name}-x{n:g}", prefix_group=group,
+                    prefix_length=reference.prefix_length[pick])
 
 
 def scaled_config(cfg, n: float):

@@ -40,6 +40,7 @@ EMPTY_FRACTION = 1e-7  # the system counts as empty below this fraction of all a
 CHUNK = 512  # macro steps per compiled scan call (JAX) / per progress update
 TARGET_MACRO_STEPS = 1500  # auto stride: macro steps per run
 MAX_STRIDE = 512
+TOKEN_ROWS = np.array([0.0, 0.0, 0.0, 0.0, 1.0, 1.0])  # the token-budget rows of the six constraints (eq. sc5)
 
 
 class Groups(NamedTuple):
@@ -48,20 +49,25 @@ class Groups(NamedTuple):
     decode_tokens: np.ndarray  # representative D (mean of the group) [tokens]
     prefill_tokens: np.ndarray  # mean P of the group [tokens]
     computed_tokens: np.ndarray  # mean prompt tokens computed (prefix-cache hits excluded) [tokens]
+    memory_tokens: np.ndarray  # mean prompt tokens in blocks of the request's own (the shared prefix excluded) [tokens]
     share: np.ndarray  # fraction of admissible requests
     group_of: np.ndarray  # group index of each admissible request
     mask: np.ndarray  # admissible requests of the workload
 
 
 def make_groups(decode_tokens: np.ndarray, prefill_tokens: np.ndarray, mask: np.ndarray,
-                max_groups: int = MAX_GROUPS, cached_tokens: np.ndarray | None = None) -> Groups:
+                max_groups: int = MAX_GROUPS, cached_tokens: np.ndarray | None = None,
+                shared_tokens: np.ndarray | None = None) -> Groups:
     """Delay groups: every distinct D when there are at most ``max_groups``, else quantile bins.
 
     ``cached_tokens``: prefix-cache hit of each request [tokens] (None: no prefix caching).
+    ``shared_tokens``: its prompt tokens in shared cached blocks [tokens] (None: ``cached_tokens``);
+    they differ for a group's first request, which computes the prefix into the shared blocks.
     """
     D = np.asarray(decode_tokens)[mask].astype(float)
     P = np.asarray(prefill_tokens)[mask].astype(float)
     hit = np.zeros_like(P) if cached_tokens is None else np.asarray(cached_tokens, float)[mask]
+    own = P - (hit if shared_tokens is None else np.asarray(shared_tokens, float)[mask])
     values = np.unique(D)
     if len(values) <= max_groups:
         g = np.searchsorted(values, D)
@@ -77,7 +83,7 @@ def make_groups(decode_tokens: np.ndarray, prefill_tokens: np.ndarray, mask: np.
     cnt = cnt[keep]
     return Groups(
         decode_tokens=np.bincount(g, D) / cnt, prefill_tokens=np.bincount(g, P) / cnt,
-        computed_tokens=np.bincount(g, P - hit) / cnt,
+        computed_tokens=np.bincount(g, P - hit) / cnt, memory_tokens=np.bincount(g, own) / cnt,
         share=cnt / cnt.sum(), group_of=g, mask=np.asarray(mask),
     )
 
@@ -189,6 +195,9 @@ class Consts(NamedTuple):
     kappa: np.ndarray  # (G,) step time per unit fresh admission rate [s per (request/step)]
     lag0: np.ndarray  # (6, G) per-unit fresh loads on the six constraints
     kv_shared: np.ndarray  # cached shared-prefix tokens, held once (reported in the KV series) [tokens]
+    pg_share: np.ndarray  # (Q,) share of the arrivals in each prefix group (zeros: none)
+    pg_hit: np.ndarray  # (Q,) mean prefix-cache hit of the group's requests [tokens]
+    pg_tokens: np.ndarray  # (Q,) the group's shared cached blocks [tokens]
 
 
 class State(NamedTuple):
@@ -322,30 +331,45 @@ def step(xp, st: State, c: Consts):
     lam_now = c.lam[xp.clip(b_now, 0, nb - 1)] * (b_now < nb)
     den = xp.maximum(1.0 - (lam_now * c.kappa).sum(), 0.05)
     tau_full = (tau0 + (st.W / h * c.kappa).sum()) / den
-    # demand per engine step: the waiting mass and the arrivals of the predicted macro step (exact
-    # cumulative arrivals, so a rate-bin edge inside the macro step is not missed)
-    arr_est = _arrived(xp, st.t + h * tau_full, c) - _arrived(xp, st.t, c)
+    # demand per engine step: the waiting mass and the arrivals of the predicted macro step's first
+    # h - 1 steps (exact cumulative arrivals, so a rate-bin edge inside the macro step is not
+    # missed). A request arriving during an engine step is scheduled at the next one (eq. sc8):
+    # the arrivals of the macro step's last step wait for the next macro step.
+    arr_before = _arrived(xp, st.t, c)
+    arr_est = _arrived(xp, st.t + (h - 1) * tau_full, c) - arr_before
     q = (st.W + arr_est) / h
+    # eq. sc13: the first request of a prefix group computes the shared prompt too. Of the first A
+    # arrivals (FCFS admits them in order) exp(-A_p) are expected to miss in group p (Poisson:
+    # no earlier request of the group); the admission q h of this macro step adds the difference
+    A = arr_before.sum() - st.W.sum()
+    qh = xp.maximum(q.sum() * h, 1e-12)
+    miss_tok = (c.pg_hit * (xp.exp(-c.pg_share * A) - xp.exp(-c.pg_share * (A + qh)))).sum() / qh  # [tokens]
+    kappa = c.kappa + c.d1_prefill_s * miss_tok
+    lag0 = c.lag0 + miss_tok * TOKEN_ROWS[:, None]
     cap, base = _caps(xp, c, ld, seq_new, tok_new)
-    pu = (c.lag0 * q[None, :]).sum(-1)
+    pu = (lag0 * q[None, :]).sum(-1)
     a = _theta(xp, cap, base, pu) * open_ * q
-    tau = tau0 + (a * c.kappa).sum()
+    tau = tau0 + (a * kappa).sum()
     empty = (st.W.sum() + H.sum() + ld[_I["dec_end"]] + ld[_I["dec_first"]]) <= c.empty_tol
     jump = empty & (lam_now.sum() <= 0)
     t_new = xp.where(jump, xp.maximum(c.next_edge[b_now], st.t), st.t + h * tau)
     arr = _arrived(xp, t_new, c) - _arrived(xp, st.t, c)
-    a = xp.where(jump, 0.0, xp.minimum(a, (st.W + arr) / h))
+    pending = _arrived(xp, t_new, c) - _arrived(xp, xp.maximum(t_new - tau, st.t), c)  # during the last step
+    a = xp.where(jump, 0.0, xp.minimum(a, xp.maximum(st.W + arr - pending, 0.0) / h))
     W_new = st.W + arr - a * h
+    seen = xp.maximum(W_new - xp.where(jump, 0.0, pending), 0.0)  # in the scheduler's queue after the step
     hist = hist.at[0].add(a) if dense else _add0(hist, a)
     ld_end = (c.wstack[_I["dec_end"]] * hist).sum(0)
     out = {
         "t0": st.t, "t1": t_new, "tau": xp.where(jump, 0.0, tau), "steps": xp.where(jump, 0.0, h * 1.0),
-        "waiting": W_new.sum() + rc * H.sum(), "swapped": (1 - rc) * H.sum(),
-        "running": ld_end.sum(), "kv": (hist * c.wstack[_I["mem_end"]]).sum() + c.kv_shared,
+        "waiting": seen.sum() + rc * H.sum(), "pending": (W_new - seen).sum(), "swapped": (1 - rc) * H.sum(),
+        "running": ld_end.sum(),
+        # a group's cached blocks are held while one of its requests is in the batch (Poisson occupancy)
+        "kv": (hist * c.wstack[_I["mem_end"]]).sum() + (c.pg_tokens * (1.0 - xp.exp(-c.pg_share * ld_end.sum()))).sum(),
         "kv_ctx": (hist * c.wstack[_I["ctx_end"]]).sum(),
         "done": (hist * c.w.done).sum(0), "admit": a * h, "returned": back.sum(), "victims": victims.sum(),
         "arrived": arr, "n_dec": ((hist * c.wstack[_I["dec_avg"]]).sum()) * h, "cls_run": ld_end,
-        "cls_wait": W_new + rc * H,
+        "cls_wait": seen + rc * H,
     }
     new_hist = xp.concatenate([xp.zeros_like(hist[:1]), hist[:-1]], axis=0)
     return State(new_hist, W_new, H, HJ, t_new, st.s + out["steps"]), out
@@ -370,13 +394,14 @@ def auto_stride(steps_estimate: float, steps_per_bin: float, target_macro_steps:
     return int(max(1, min(MAX_STRIDE, np.ceil(steps_estimate / target_macro_steps), np.floor(steps_per_bin / 4.0))))
 
 
-def prefix_hits(workload, system) -> tuple[np.ndarray, float]:
+def prefix_hits(workload, system, first_miss: bool = True) -> tuple[np.ndarray, float]:
     """Prefix-cache hits [tokens] per request and the shared prefix memory [tokens].
 
     A request of prefix group g reuses the group's cached prefix in whole blocks, at most P - 1
     tokens (vLLM computes at least the last prompt token): floor(min(L_g, P - 1) / bs) * bs; the
-    first request of a group computes it. The cached blocks are held once per group (as long as
-    the group has traffic the fluid keeps them resident: eviction is not modeled).
+    first request of a group computes it (``first_miss=False``: its tokens in the shared blocks
+    all the same, which is its memory). The cached blocks are held once per group while the group
+    has requests in the batch (eviction is not modeled).
     """
     bs = system.block_size
     grp = np.asarray(workload.prefix_group)
@@ -385,12 +410,32 @@ def prefix_hits(workload, system) -> tuple[np.ndarray, float]:
     hit = (np.minimum(L, P - 1) // bs) * bs * (grp >= 0)
     if not (grp >= 0).any():
         return np.zeros(len(P)), 0.0
+    if not first_miss:
+        return hit.astype(float), float(sum((L[grp == gid].max() // bs) * bs for gid in np.unique(grp[grp >= 0])))
     first = np.zeros(len(P), dtype=bool)
     _, idx = np.unique(np.where(grp >= 0, grp, -1), return_index=True)
     first[idx] = True
     first &= grp >= 0
     shared = float(sum((L[grp == gid].max() // bs) * bs for gid in np.unique(grp[grp >= 0])))
     return np.where(first, 0, hit).astype(float), shared
+
+
+def prefix_groups(workload, system, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per prefix group: share of the admissible requests, mean hit [tokens], cached blocks [tokens].
+
+    Zeros (one entry) when no request has a shared prefix.
+    """
+    grp = np.asarray(workload.prefix_group)[mask]
+    if not (grp >= 0).any():
+        return np.zeros(1), np.zeros(1), np.zeros(1)
+    hit = prefix_hits(workload, system, first_miss=False)[0][mask]
+    L = np.asarray(workload.prefix_length)[mask]
+    bs = system.block_size
+    ids = np.unique(grp[grp >= 0])
+    share = np.array([(grp == g).mean() for g in ids])
+    mean_hit = np.array([hit[grp == g].mean() for g in ids])
+    tokens = np.array([float((L[grp == g].max() // bs) * bs) for g in ids])
+    return share, mean_hit, tokens
 
 
 def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None = None, pooled_mix: bool = False,
@@ -409,8 +454,11 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
             f"workload '{workload.name}': every request is rejected by the engine "
             f"(KV blocks > {s.total_blocks} or prompt > B={s.B}); nothing for the fluid model to serve"
         )
-    hits, shared_tokens = prefix_hits(workload, s) if getattr(s, "enable_prefix_caching", False) else (None, 0.0)
+    caching = getattr(s, "enable_prefix_caching", False)
+    # the first requests' misses are a function of time (eq. sc13), not a share of every request
+    hits, shared_tokens = prefix_hits(workload, s, first_miss=False) if caching else (None, 0.0)
     groups = make_groups(workload.decode_tokens, workload.prefill_tokens, mask, cached_tokens=hits)
+    pg_share, pg_hit, pg_tokens = prefix_groups(workload, s, mask) if caching else (np.zeros(1),) * 3
     bin_s = float(cfg.fluid.bin_s)
     t_arr = workload.arrival_time_s[mask]
     nb = max(1, int(np.ceil((t_arr.max() + 1e-12) / bin_s)))
@@ -437,7 +485,7 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
         stride = auto_stride(nb * bin_s / max(tau_guess, 1e-6), bin_s / max(tau_guess, 1e-6), target_macro_steps)
     h = int(stride)
     w = make_weights(groups.decode_tokens, groups.prefill_tokens, h, (s.block_size - 1) / 2.0, v1,
-                     P_memory=groups.computed_tokens)
+                     P_memory=groups.memory_tokens)
     L = w.dec_avg.shape[0]
     backdate = np.where(np.arange(L) >= 1, (np.arange(L) - 0.5) * h + 0.5, 0.0)
     f = np.float64
@@ -451,7 +499,7 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
         empty_tol=f(EMPTY_FRACTION * max(float(cum[-1].sum()), 1e-12)),
         wstack=np.stack([getattr(w, k) for k in LOADS]), mem_pre=w.mem_last * w.pre, kmax=w.pre.sum(0),
         kappa=bt.d1_prefill_s * groups.computed_tokens + bt.d1_decode_s * w.dec_avg[0] + bt.d2_kv_s * w.ctx_avg[0],
-        kv_shared=f(shared_tokens),
+        kv_shared=f(shared_tokens), pg_share=pg_share, pg_hit=pg_hit, pg_tokens=pg_tokens,
         lag0=np.stack([np.ones(G), w.dec_last[0] + 1.0, w.mem_first[0], w.mem_last[0], groups.computed_tokens,
                        groups.computed_tokens + w.dec_last[0]]),
     )
@@ -464,7 +512,7 @@ def initial_state(c: Consts, xp=np) -> State:
     return State(xp.zeros((L, G)), z, z, z, xp.float64(0.0), xp.float64(0.0))
 
 
-OUT_KEYS = ("t0", "t1", "tau", "steps", "waiting", "swapped", "running", "kv", "kv_ctx", "done", "admit",
+OUT_KEYS = ("t0", "t1", "tau", "steps", "waiting", "pending", "swapped", "running", "kv", "kv_ctx", "done", "admit",
             "returned", "victims", "arrived", "n_dec", "cls_run", "cls_wait")
 
 
@@ -474,7 +522,8 @@ def _done_mask(outs: dict, c: Consts, horizon_s) -> np.ndarray:
     if horizon_s is not None:
         return t1 >= horizon_s
     window = c.lam.shape[0] * float(c.bin_s)
-    mass = np.asarray(outs["waiting"]) + np.asarray(outs["swapped"]) + np.asarray(outs["running"])
+    mass = (np.asarray(outs["waiting"]) + np.asarray(outs["pending"]) + np.asarray(outs["swapped"])
+            + np.asarray(outs["running"]))
     return (t1 >= window - 1e-9) & (mass <= float(c.empty_tol))
 
 
@@ -490,7 +539,7 @@ def run_numpy(c: Consts, horizon_s=None, max_iter: int = 2_000_000, progress=Non
             rec[k].append(out[k])
         t1 = float(out["t1"])
         if (t1 >= horizon_s) if horizon_s is not None else (
-                t1 >= window - 1e-9 and float(out["waiting"] + out["swapped"] + out["running"]) <= tol):
+                t1 >= window - 1e-9 and float(out["waiting"] + out["pending"] + out["swapped"] + out["running"]) <= tol):
             break
         if progress is not None and i % CHUNK == CHUNK - 1:
             progress(float(st.t))

@@ -77,14 +77,19 @@ def run_replica(c: sc.Consts, impl: str, horizon_s, desc: str) -> dict:
 
 def _on_grid(o: dict, ts: np.ndarray) -> dict:
     """Boundary states interpolated on ``ts``; per-macro-step flows as rates held over the step."""
-    tb = np.concatenate([[0.0], o["t1"]])
-
-    def state(x):
-        return np.interp(ts, tb, np.concatenate([[0.0], x]))
-
     dt = np.maximum(o["t1"] - o["t0"], 1e-300)
     idx = np.clip(np.searchsorted(o["t1"], ts, side="right"), 0, len(dt) - 1)
     inside = (ts >= o["t0"][idx]) & (ts < o["t1"][idx])
+    # an engine's state changes at step ends and holds in between (as the simulator's snapshots):
+    # within a macro step of h steps the boundary states are joined by a staircase of h treads
+    h = np.maximum(o["steps"][idx], 1.0)
+    frac = np.where(inside, np.floor((ts - o["t0"][idx]) / dt[idx] * h + 1e-9) / h, 1.0)
+    frac = np.where(ts >= o["t1"][-1], 1.0, frac)
+
+    def state(x):
+        x = np.asarray(x, float)
+        before = np.where(idx > 0, x[np.maximum(idx - 1, 0)], 0.0)
+        return before + (x[idx] - before) * frac
 
     def rate(x):
         return np.where(inside, x[idx] / dt[idx], 0.0)

@@ -57,7 +57,10 @@ def request_delays(t_b: np.ndarray, s_b: np.ndarray, arrived_b: np.ndarray, admi
     sb = _increasing(s_b)
     lam_at = np.interp(arrival_s, tb, arrived_b)
     s_arr = np.interp(arrival_s, tb, sb)
-    s_q = np.maximum(np.interp(lam_at, _increasing(admitted_b), sb), s_arr)
+    # a request is scheduled at the step after the one it arrives in (eq. sc8): the admissions
+    # through step s + 1 are those that arrived by step s, so FCFS reads the curve one step ahead
+    ahead = np.interp(sb + 1.0, sb, np.asarray(admitted_b, float))
+    s_q = np.maximum(np.interp(lam_at, _increasing(ahead), sb), s_arr)
     queue = _t_extrap(s_q, sb, tb) - arrival_s  # fluid queueing delay (FCFS backlog ahead)
     # local step time and arrival rate at each arrival (slopes of the fluid curves)
     k = np.clip(np.searchsorted(tb, arrival_s, side="right") - 1, 0, max(len(tb) - 2, 0))

@@ -261,8 +261,8 @@ def _run_stepclock(plan: StepclockPlan, batch: int, progress: bool) -> Iterator[
                 pieces.append(outs)
                 for j in range(size):
                     if end[j] < 0:
-                        hit = np.nonzero(sc._done_mask({k: outs[k][j] for k in ("t1", "waiting", "swapped",
-                                                                                 "running")}, cs[j], None))[0]
+                        hit = np.nonzero(sc._done_mask({k: outs[k][j] for k in ("t1", "waiting", "pending",
+                                                                                 "swapped", "running")}, cs[j], None))[0]
                         if len(hit):
                             end[j] = n_done + int(hit[0]) + 1
                 n_done += SWEEP_CHUNK
@@ -285,7 +285,7 @@ def _scan_body(jnp, st, c):
     from fluidserve.fluid import stepclock as sc
 
     st2, out = sc.step(jnp, st, c)
-    return st2, {k: out[k] for k in ("t1", "tau", "steps", "waiting", "swapped", "running", "kv", "done",
+    return st2, {k: out[k] for k in ("t1", "tau", "steps", "waiting", "pending", "swapped", "running", "kv", "done",
                                      "arrived", "admit")}
 
 
