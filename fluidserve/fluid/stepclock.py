@@ -338,17 +338,23 @@ def step(xp, st: State, c: Consts):
     arr_before = _arrived(xp, st.t, c)
     arr_est = _arrived(xp, st.t + (h - 1) * tau_full, c) - arr_before
     q = (st.W + arr_est) / h
-    # eq. sc13: the first request of a prefix group computes the shared prompt too. Of the first A
-    # arrivals (FCFS admits them in order) exp(-A_p) are expected to miss in group p (Poisson:
-    # no earlier request of the group); the admission q h of this macro step adds the difference
-    A = arr_before.sum() - st.W.sum()
-    qh = xp.maximum(q.sum() * h, 1e-12)
-    miss_tok = (c.pg_hit * (xp.exp(-c.pg_share * A) - xp.exp(-c.pg_share * (A + qh)))).sum() / qh  # [tokens]
-    kappa = c.kappa + c.d1_prefill_s * miss_tok
-    lag0 = c.lag0 + miss_tok * TOKEN_ROWS[:, None]
     cap, base = _caps(xp, c, ld, seq_new, tok_new)
-    pu = (lag0 * q[None, :]).sum(-1)
-    a = _theta(xp, cap, base, pu) * open_ * q
+    # eq. sc13: the first request of a prefix group computes the shared prompt too. Of the first A
+    # admissions (FCFS: the first arrivals) 1 - exp(-s_p A) are expected to have missed in group
+    # p (Poisson: no earlier request of the group). The x = a h requests admitted now add the
+    # difference, so their mean miss falls with x: a few fixed-point passes find the admission
+    # (the first pass charges the mean over the whole demand; the admitted are its head).
+    A = arr_before.sum() - st.W.sum()
+    x = q.sum() * h
+    prefix = dense or float(c.pg_hit.max()) > 0
+    for _ in range(4 if prefix else 1):
+        xs = xp.maximum(x, 1e-12)
+        miss_tok = (c.pg_hit * (xp.exp(-c.pg_share * A) - xp.exp(-c.pg_share * (A + xs)))).sum() / xs  # [tokens]
+        lag0 = c.lag0 + miss_tok * TOKEN_ROWS[:, None]
+        pu = (lag0 * q[None, :]).sum(-1)
+        a = _theta(xp, cap, base, pu) * open_ * q
+        x = a.sum() * h
+    kappa = c.kappa + c.d1_prefill_s * miss_tok
     tau = tau0 + (a * kappa).sum()
     empty = (st.W.sum() + H.sum() + ld[_I["dec_end"]] + ld[_I["dec_first"]]) <= c.empty_tol
     jump = empty & (lam_now.sum() <= 0)
