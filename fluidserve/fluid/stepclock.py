@@ -327,7 +327,9 @@ def step(xp, st: State, c: Consts):
     # eq. sc8: fresh FCFS admission (only without preemption and with nothing held)
     open_ = free * (H.sum() <= c.empty_tol)
     nb = c.lam.shape[0]
-    b_now = xp.clip(xp.floor(st.t / c.bin_s), 0, nb).astype(int)
+    # the bin in progress; a time on a bin edge is in the bin it starts (t / bin_s can round below
+    # the integer: a jump to an empty bin's next edge must land in that edge's bin, or it repeats)
+    b_now = xp.clip(xp.floor(st.t / c.bin_s + 1e-9), 0, nb).astype(int)
     lam_now = c.lam[xp.clip(b_now, 0, nb - 1)] * (b_now < nb)
     den = xp.maximum(1.0 - (lam_now * c.kappa).sum(), 0.05)
     tau_full = (tau0 + (st.W / h * c.kappa).sum()) / den

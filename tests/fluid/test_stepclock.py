@@ -53,7 +53,9 @@ def small_system(draw):
     return Workload(t, P, D), over
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomized: CI runs the same 25 examples every time (a random failure is not a coin toss in
+# CI; run with a larger max_examples and derandomize=False locally to search for new cases)
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(small_system(), st.sampled_from(["stepclock", "stepmap", "quasistatic"]))
 def test_caps_hold_at_every_output_point(system, backend):
     wl, over = system
@@ -71,6 +73,23 @@ def test_caps_hold_at_every_output_point(system, backend):
     if backend == "stepclock":
         # conservation: every admissible request completes
         assert res["completed"][-1] == pytest.approx(res.summary["admitted"], rel=1e-6)
+
+
+def test_a_jump_to_a_bin_edge_lands_in_that_bin():
+    # found by the property test: the system empties in a bin without arrivals and jumps to the
+    # next bin's start, t = 6 * bin_s, where t / bin_s rounds to 5.999...: the model stayed in the
+    # empty bin and jumped to the same time again, forever (2M macro steps, then an error)
+    t = [0.13162562254555654, 0.14677367564053134, 0.1753542435319032, 0.20721835921782797, 0.27440203166361,
+         0.3422249254954859, 0.34243253436831245, 0.36834902619966037, 0.37254410425828566, 0.38267020960645115,
+         0.40405079997916876, 0.6154623182857838, 0.6155847029627929, 0.6227938896240682, 0.7519494276044623,
+         0.7936450933342695, 0.8141028898324894, 0.867229272388965, 0.9588438493080904, 0.9594710217931898]
+    ones = np.ones(len(t), dtype=int)
+    cfg = cfg_with(**{"system.max_num_seqs": 2, "system.M_total": 800, "system.B": 512, "system.mode": "swapping",
+                      "system.scheduler": "vllm_v0", "system.chunked_prefill": False,
+                      "fluid.bin_s": 0.09594710217931898})
+    res = fluid.solve(cfg, Workload(np.array(t), ones, ones), backend="stepclock")
+    assert res["completed"][-1] == pytest.approx(len(t), rel=1e-6)
+    assert res.summary["horizon_s"] < 1.2  # drained soon after the last arrival (0.96 s)
 
 
 def fluid_input_errors():
