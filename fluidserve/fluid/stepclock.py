@@ -446,9 +446,27 @@ def prefix_groups(workload, system, mask: np.ndarray) -> tuple[np.ndarray, np.nd
     return share, mean_hit, tokens
 
 
+_WEIGHTS_CACHE: dict = {}
+
+
+def _weights(D, P, h: int, rounding_tokens: float, v1: bool, P_memory) -> Weights:
+    """make_weights, cached on its inputs (sweep points share workloads; the cache keeps 64 tables)."""
+    key = (np.asarray(D, float).tobytes(), np.asarray(P, float).tobytes(), int(h), float(rounding_tokens), bool(v1),
+           np.asarray(P_memory, float).tobytes())
+    w = _WEIGHTS_CACHE.get(key)
+    if w is None:
+        w = make_weights(D, P, h, rounding_tokens, v1, P_memory=P_memory)
+        if len(_WEIGHTS_CACHE) >= 64:
+            _WEIGHTS_CACHE.pop(next(iter(_WEIGHTS_CACHE)))
+        _WEIGHTS_CACHE[key] = w
+    return w
+
+
 def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None = None, pooled_mix: bool = False,
-          target_macro_steps: float = TARGET_MACRO_STEPS):
+          target_macro_steps: float = TARGET_MACRO_STEPS, max_groups: int = MAX_GROUPS):
     """(Consts, Groups, h) for one replica receiving ``share`` of the arrivals.
+
+    ``max_groups``: delay groups at most (quantile bins of D beyond; sweeps use fewer).
 
     ``pooled_mix``: every rate bin gets the workload's overall group mix (lengths i.i.d. in time,
     as in the crosscheck's scaled workloads) instead of the mix of the bin's own arrivals.
@@ -465,7 +483,8 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
     caching = getattr(s, "enable_prefix_caching", False)
     # the first requests' misses are a function of time (eq. sc13), not a share of every request
     hits, shared_tokens = prefix_hits(workload, s, first_miss=False) if caching else (None, 0.0)
-    groups = make_groups(workload.decode_tokens, workload.prefill_tokens, mask, cached_tokens=hits)
+    groups = make_groups(workload.decode_tokens, workload.prefill_tokens, mask, max_groups=max_groups,
+                         cached_tokens=hits)
     pg_share, pg_hit, pg_tokens = prefix_groups(workload, s, mask) if caching else (np.zeros(1),) * 3
     bin_s = float(cfg.fluid.bin_s)
     t_arr = workload.arrival_time_s[mask]
@@ -492,8 +511,7 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
                                                    * bt.d0_s * groups.decode_tokens @ groups.share)
         stride = auto_stride(nb * bin_s / max(tau_guess, 1e-6), bin_s / max(tau_guess, 1e-6), target_macro_steps)
     h = int(stride)
-    w = make_weights(groups.decode_tokens, groups.prefill_tokens, h, (s.block_size - 1) / 2.0, v1,
-                     P_memory=groups.memory_tokens)
+    w = _weights(groups.decode_tokens, groups.prefill_tokens, h, (s.block_size - 1) / 2.0, v1, groups.memory_tokens)
     L = w.dec_avg.shape[0]
     backdate = np.where(np.arange(L) >= 1, (np.arange(L) - 0.5) * h + 0.5, 0.0)
     f = np.float64
