@@ -331,7 +331,8 @@ def step(xp, st: State, c: Consts):
     # the integer: a jump to an empty bin's next edge must land in that edge's bin, or it repeats)
     b_now = xp.clip(xp.floor(st.t / c.bin_s + 1e-9), 0, nb).astype(int)
     lam_now = c.lam[xp.clip(b_now, 0, nb - 1)] * (b_now < nb)
-    den = xp.maximum(1.0 - (lam_now * c.kappa).sum(), 0.05)
+    # the step time if the whole demand below is admitted: per step (W + lambda (h - 1) tau) / h
+    den = xp.maximum(1.0 - (lam_now * c.kappa).sum() * (h - 1.0) / h, 0.05)
     tau_full = (tau0 + (st.W / h * c.kappa).sum()) / den
     # demand per engine step: the waiting mass and the arrivals of the predicted macro step's first
     # h - 1 steps (exact cumulative arrivals, so a rate-bin edge inside the macro step is not
@@ -360,9 +361,17 @@ def step(xp, st: State, c: Consts):
     tau = tau0 + (a * kappa).sum()
     empty = (st.W.sum() + H.sum() + ld[_I["dec_end"]] + ld[_I["dec_first"]]) <= c.empty_tol
     jump = empty & (lam_now.sum() <= 0)
-    t_new = xp.where(jump, xp.maximum(c.next_edge[b_now], st.t), st.t + h * tau)
+    # admit no more than has arrived by the macro step's last engine step; the step time is that of
+    # what is admitted (two passes: capping shortens the steps, which moves the arrivals)
+    for _ in range(2):
+        t_new = xp.where(jump, xp.maximum(c.next_edge[b_now], st.t), st.t + h * tau)
+        arr = _arrived(xp, t_new, c) - _arrived(xp, st.t, c)
+        pending = _arrived(xp, t_new, c) - _arrived(xp, xp.maximum(t_new - tau, st.t), c)  # during the last step
+        a = xp.where(jump, 0.0, xp.minimum(a, xp.maximum(st.W + arr - pending, 0.0) / h))
+        tau = tau0 + (a * kappa).sum()
+    t_new = xp.where(jump, xp.maximum(c.next_edge[b_now], st.t), st.t + h * tau)  # consistent with tau
     arr = _arrived(xp, t_new, c) - _arrived(xp, st.t, c)
-    pending = _arrived(xp, t_new, c) - _arrived(xp, xp.maximum(t_new - tau, st.t), c)  # during the last step
+    pending = _arrived(xp, t_new, c) - _arrived(xp, xp.maximum(t_new - tau, st.t), c)
     a = xp.where(jump, 0.0, xp.minimum(a, xp.maximum(st.W + arr - pending, 0.0) / h))
     W_new = st.W + arr - a * h
     seen = xp.maximum(W_new - xp.where(jump, 0.0, pending), 0.0)  # in the scheduler's queue after the step

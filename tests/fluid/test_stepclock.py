@@ -75,6 +75,20 @@ def test_caps_hold_at_every_output_point(system, backend):
         assert res["completed"][-1] == pytest.approx(res.summary["admitted"], rel=1e-6)
 
 
+@pytest.mark.parametrize("stride", [2, 4, 9])
+def test_the_stride_does_not_move_an_underloaded_steady_state(stride):
+    # the transport is exact for any stride and the rates are constant: the stationary step time
+    # and the delays must not depend on h (they did: with the one-step admission lag the step-time
+    # estimate counted the arrivals of h steps instead of h - 1, +25% step time at h = 2)
+    cfg = cfg_with(**{"workload.num_requests": 6000, "sim.record_events": False})
+    wl = make_workload(cfg)
+    one = fluid.solve(cfg.model_copy(update={"fluid": cfg.fluid.model_copy(update={"step_stride": 1})}), wl)
+    res = fluid.solve(cfg.model_copy(update={"fluid": cfg.fluid.model_copy(update={"step_stride": stride})}), wl)
+    assert res.summary["step_stride"] == stride
+    assert res.summary["mean_step_time_s"] == pytest.approx(one.summary["mean_step_time_s"], rel=0.005)
+    assert res.percentiles()["e2e"]["mean"] == pytest.approx(one.percentiles()["e2e"]["mean"], rel=0.01)
+
+
 def test_a_jump_to_a_bin_edge_lands_in_that_bin():
     # found by the property test: the system empties in a bin without arrivals and jumps to the
     # next bin's start, t = 6 * bin_s, where t / bin_s rounds to 5.999...: the model stayed in the
