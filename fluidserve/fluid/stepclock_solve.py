@@ -4,7 +4,8 @@ Backends ``stepclock`` (numpy loop) and ``stepclock_jax`` (``jax.lax.scan``) run
 function. Replicas behind a rate-split router (round_robin, weighted) each get their share of
 the arrivals; ``least_loaded`` has the fluid meaning of an equal split among identical replicas
 (join-the-shortest-queue balances them exactly in the limit). Series are sampled on the output
-grid by linear interpolation between macro-step boundaries (flows: per macro step, held).
+grid as the engine's are: held between step ends, a staircase of h treads across a macro step of h
+engine steps (flows: per macro step, held).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def run_replica(c: sc.Consts, impl: str, horizon_s, desc: str) -> dict:
 
 
 def _on_grid(o: dict, ts: np.ndarray) -> dict:
-    """Boundary states interpolated on ``ts``; per-macro-step flows as rates held over the step."""
+    """Boundary states on ``ts`` (a staircase of engine steps); per-macro-step flows as rates held over the step."""
     dt = np.maximum(o["t1"] - o["t0"], 1e-300)
     idx = np.clip(np.searchsorted(o["t1"], ts, side="right"), 0, len(dt) - 1)
     inside = (ts >= o["t0"][idx]) & (ts < o["t1"][idx])
