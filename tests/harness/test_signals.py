@@ -44,13 +44,15 @@ def _ready(layout, out) -> bool:
 
 def test_sigint_and_sigterm_stop_every_server_and_keep_the_results(harness_files):
     tmp = harness_files["tmp"]
-    # e2e phase ~20 simulated s: long enough that the signal always lands in it, also on a quiet machine
+    # e2e phase ~20 simulated s, run in real time (--time-scale 1): the signal lands in it even when
+    # this test is descheduled for seconds on a loaded machine (at the default 0.1 the phase lasted
+    # 2 s of wall time, and under a CPU hog the single run once finished before its SIGINT was sent)
     req = write_requests(tmp / "long.csv", 16, seed=4, mean_gap_s=0.03, decode=(300, 600))
     runs = {}
     for layout in ("single", "disagg"):
         out = tmp / layout
         cmd = harness_cmd("sim", layout, "--config", str(harness_files["config"]), "--requests", str(req), "--output-dir", str(out),
-                          "--nvml-module", f"{NVML_STANDIN}:two_gpus")
+                          "--nvml-module", f"{NVML_STANDIN}:two_gpus", "--time-scale", "1.0")
         runs[layout] = (out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=harness_env()))
     signals = {"single": signal.SIGINT, "disagg": signal.SIGTERM}
     pids, stderr = {}, {}
