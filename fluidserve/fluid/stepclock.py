@@ -49,25 +49,21 @@ class Groups(NamedTuple):
     decode_tokens: np.ndarray  # representative D (mean of the group) [tokens]
     prefill_tokens: np.ndarray  # mean P of the group [tokens]
     computed_tokens: np.ndarray  # mean prompt tokens computed (prefix-cache hits excluded) [tokens]
-    memory_tokens: np.ndarray  # mean prompt tokens in blocks of the request's own (the shared prefix excluded) [tokens]
     share: np.ndarray  # fraction of admissible requests
     group_of: np.ndarray  # group index of each admissible request
     mask: np.ndarray  # admissible requests of the workload
 
 
 def make_groups(decode_tokens: np.ndarray, prefill_tokens: np.ndarray, mask: np.ndarray,
-                max_groups: int = MAX_GROUPS, cached_tokens: np.ndarray | None = None,
-                shared_tokens: np.ndarray | None = None) -> Groups:
+                max_groups: int = MAX_GROUPS, cached_tokens: np.ndarray | None = None) -> Groups:
     """Delay groups: every distinct D when there are at most ``max_groups``, else quantile bins.
 
-    ``cached_tokens``: prefix-cache hit of each request [tokens] (None: no prefix caching).
-    ``shared_tokens``: its prompt tokens in shared cached blocks [tokens] (None: ``cached_tokens``);
-    they differ for a group's first request, which computes the prefix into the shared blocks.
+    ``cached_tokens``: prefix-cache hit of each request [tokens] (None: no prefix caching); the
+    prompt tokens outside them are both computed and held in blocks of the request's own.
     """
     D = np.asarray(decode_tokens)[mask].astype(float)
     P = np.asarray(prefill_tokens)[mask].astype(float)
     hit = np.zeros_like(P) if cached_tokens is None else np.asarray(cached_tokens, float)[mask]
-    own = P - (hit if shared_tokens is None else np.asarray(shared_tokens, float)[mask])
     values = np.unique(D)
     if len(values) <= max_groups:
         g = np.searchsorted(values, D)
@@ -83,7 +79,7 @@ def make_groups(decode_tokens: np.ndarray, prefill_tokens: np.ndarray, mask: np.
     cnt = cnt[keep]
     return Groups(
         decode_tokens=np.bincount(g, D) / cnt, prefill_tokens=np.bincount(g, P) / cnt,
-        computed_tokens=np.bincount(g, P - hit) / cnt, memory_tokens=np.bincount(g, own) / cnt,
+        computed_tokens=np.bincount(g, P - hit) / cnt,
         share=cnt / cnt.sum(), group_of=g, mask=np.asarray(mask),
     )
 
@@ -194,7 +190,6 @@ class Consts(NamedTuple):
     kmax: np.ndarray  # (G,) oldest lag wholly in the batch (0: none)
     kappa: np.ndarray  # (G,) step time per unit fresh admission rate [s per (request/step)]
     lag0: np.ndarray  # (6, G) per-unit fresh loads on the six constraints
-    kv_shared: np.ndarray  # cached shared-prefix tokens, held once (reported in the KV series) [tokens]
     pg_share: np.ndarray  # (Q,) share of the arrivals in each prefix group (zeros: none)
     pg_hit: np.ndarray  # (Q,) mean prefix-cache hit of the group's requests [tokens]
     pg_tokens: np.ndarray  # (Q,) the group's shared cached blocks [tokens]
@@ -490,7 +485,8 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
             f"(KV blocks > {s.total_blocks} or prompt > B={s.B}); nothing for the fluid model to serve"
         )
     caching = getattr(s, "enable_prefix_caching", False)
-    # the first requests' misses are a function of time (eq. sc13), not a share of every request
+    # every request's hit: the first requests' misses are a function of the admissions (eq. sc13),
+    # and a first request's prompt blocks become the shared ones (its own memory is P - hit too)
     hits, shared_tokens = prefix_hits(workload, s, first_miss=False) if caching else (None, 0.0)
     groups = make_groups(workload.decode_tokens, workload.prefill_tokens, mask, max_groups=max_groups,
                          cached_tokens=hits)
@@ -520,7 +516,7 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
                                                    * bt.d0_s * groups.decode_tokens @ groups.share)
         stride = auto_stride(nb * bin_s / max(tau_guess, 1e-6), bin_s / max(tau_guess, 1e-6), target_macro_steps)
     h = int(stride)
-    w = _weights(groups.decode_tokens, groups.prefill_tokens, h, (s.block_size - 1) / 2.0, v1, groups.memory_tokens)
+    w = _weights(groups.decode_tokens, groups.prefill_tokens, h, (s.block_size - 1) / 2.0, v1, groups.computed_tokens)
     L = w.dec_avg.shape[0]
     backdate = np.where(np.arange(L) >= 1, (np.arange(L) - 0.5) * h + 0.5, 0.0)
     f = np.float64
@@ -534,7 +530,7 @@ def build(cfg, workload, share: float = 1.0, batch_time=None, stride: int | None
         empty_tol=f(EMPTY_FRACTION * max(float(cum[-1].sum()), 1e-12)),
         wstack=np.stack([getattr(w, k) for k in LOADS]), mem_pre=w.mem_last * w.pre, kmax=w.pre.sum(0),
         kappa=bt.d1_prefill_s * groups.computed_tokens + bt.d1_decode_s * w.dec_avg[0] + bt.d2_kv_s * w.ctx_avg[0],
-        kv_shared=f(shared_tokens), pg_share=pg_share, pg_hit=pg_hit, pg_tokens=pg_tokens,
+        pg_share=pg_share, pg_hit=pg_hit, pg_tokens=pg_tokens,
         lag0=np.stack([np.ones(G), w.dec_last[0] + 1.0, w.mem_first[0], w.mem_last[0], groups.computed_tokens,
                        groups.computed_tokens + w.dec_last[0]]),
     )
