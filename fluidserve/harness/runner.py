@@ -88,15 +88,23 @@ def workload_frame(workload: Workload) -> pd.DataFrame:
 
 
 class _SigtermAsSigint:
-    """While active, SIGTERM is delivered as SIGINT (KeyboardInterrupt), so one code path stops everything."""
+    """While active, SIGTERM is delivered as SIGINT (KeyboardInterrupt), so one code path stops everything.
+
+    SIGINT itself raises KeyboardInterrupt even if the process started with it ignored (a shell
+    starts background jobs, ``cmd &``, with SIGINT ignored, and Python keeps that: ``kill -INT``
+    and SIGTERM then did nothing, and the run went on to its end).
+    """
 
     def __enter__(self):
-        self._old = signal.getsignal(signal.SIGTERM)
+        self._old_term = signal.getsignal(signal.SIGTERM)
+        self._old_int = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._old)
+        signal.signal(signal.SIGTERM, self._old_term)
+        signal.signal(signal.SIGINT, self._old_int)
 
 
 class HarnessRun:
